@@ -1,0 +1,47 @@
+# -*- test-case-name: tests.test_paths -*-
+"""Pure: a request's raw path -> the decoded, normalised segments the resource tree walks."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_to_bytes
+
+# RFC 9112 3.2.2: a server must accept the absolute form of a request target.
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/]*")
+
+
+class BadPath(ValueError):
+    """The path cannot name anything under the document root; the message says why."""
+
+
+def path_segments(raw_path: bytes) -> list[bytes]:
+    """
+    Decode a request path and remove its dot-segments (RFC 3986 5.2.4).
+
+    Each segment is percent-decoded first, so C{%2e%2e} is C{..} like the
+    plain form; empty segments (C{//}) fold away; a path ending in a
+    directory keeps a trailing empty segment, as Twisted's tree expects.
+    A path that climbs above the root, or whose segment decodes to a slash,
+    backslash or NUL, raises L{BadPath}.
+    """
+    absolute = _ABSOLUTE_FORM.match(raw_path)
+    if absolute:
+        raw_path = raw_path[absolute.end() :] or b"/"
+    if not raw_path.startswith(b"/"):
+        raise BadPath(f"path does not start with '/': {raw_path[:80]!r}")
+    segments: list[bytes] = []
+    directory = False
+    for raw in raw_path[1:].split(b"/"):
+        segment = unquote_to_bytes(raw)
+        if b"/" in segment or b"\\" in segment or b"\0" in segment:
+            raise BadPath(f"path segment holds a slash, backslash or NUL: {raw[:80]!r}")
+        directory = segment in (b"", b".", b"..")
+        if segment == b"..":
+            if not segments:
+                raise BadPath("path climbs above the document root")
+            segments.pop()
+        elif segment not in (b"", b"."):
+            segments.append(segment)
+    if directory or not segments:
+        segments.append(b"")
+    return segments

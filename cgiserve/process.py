@@ -1,0 +1,249 @@
+# -*- test-case-name: tests.test_process -*-
+"""The ProcessProtocol of one script run: stdin in, stdout parsed, stderr logged, exit and kills reported."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Protocol
+
+from twisted.internet import error, protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import FileSender
+
+from cgiserve.response import CGIResponseError, HeadParser, ScriptResponse, interpret
+
+DEFAULT_KILL_GRACE_SECONDS = 5.0
+
+# Like Apache's and nginx's error logs: enough stderr to diagnose a
+# script, not enough for one script to fill the server's log or memory.
+DEFAULT_MAX_STDERR_BYTES = 64 * 1024
+
+# Reads of the request body per write to the script's stdin; the pipe
+# holds 64 KiB on Linux.
+_STDIN_CHUNK_BYTES = 64 * 1024
+
+
+class ResponseSink(Protocol):
+    """Where a script's response goes: the HTTP side of a script run."""
+
+    def head_received(self, response: ScriptResponse, producer) -> None:
+        """The script's header block is complete; C{producer} pauses its output."""
+
+    def body_received(self, data: bytes) -> None:
+        """Body bytes after the header block."""
+
+    def raw_received(self, data: bytes) -> None:
+        """Output of an NPH script, a complete HTTP response passed through."""
+
+    def output_ended(self) -> None:
+        """The script closed its output after a valid response."""
+
+    def script_failed(self, status: int, reason: str) -> None:
+        """The run failed; answer C{status} if nothing was sent yet, else cut the response."""
+
+
+class _StdinSender(FileSender):
+    CHUNK_SIZE = _STDIN_CHUNK_BYTES
+
+
+class ScriptProtocol(protocol.ProcessProtocol):
+    """
+    Runs one script for one request.
+
+    Feeds the request body to stdin, parses stdout's header block and
+    hands the response to a L{ResponseSink}, logs stderr line by line, and
+    logs how the script ended. L{stop} ends the script's whole process
+    group: SIGTERM, then SIGKILL after C{kill_grace} seconds.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        script: str,
+        request_id: str,
+        sink: ResponseSink,
+        body=None,
+        nph: bool = False,
+        clock=None,
+        timeout: float | None = None,
+        kill_grace: float = DEFAULT_KILL_GRACE_SECONDS,
+        max_stderr: int = DEFAULT_MAX_STDERR_BYTES,
+        killpg=os.killpg,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.script = script
+        self.request_id = request_id
+        self.sink = sink
+        self.body = body
+        self.nph = nph
+        self.clock = clock
+        self.timeout = timeout
+        self.kill_grace = kill_grace
+        self.max_stderr = max_stderr
+        self.killpg = killpg
+        self.parser = None if nph else HeadParser()
+        self.failed = False
+        self.stopped_because: str | None = None
+        self.pgid: int | None = None
+        self.ended = False
+        self._stderr = bytearray()
+        self._stderr_logged = 0
+        self._stderr_dropped = 0
+        self._timeout_call = None
+        self._kill_call = None
+
+    # -- start
+
+    def connectionMade(self) -> None:
+        self.pgid = self.transport.pid
+        if self.timeout:
+            self._timeout_call = self.clock.callLater(self.timeout, self.stop, "timeout")
+        if self.body is None:
+            self.transport.closeStdin()
+            return
+        self._sender = _StdinSender()
+        self._sender.beginFileTransfer(self.body, self.transport).addCallbacks(
+            lambda _: self.transport.closeStdin(),
+            # The script closed stdin before reading all of the body: its right.
+            lambda _: None,
+        )
+
+    # -- stdout
+
+    def outReceived(self, data: bytes) -> None:
+        if self.failed:
+            return
+        if self.parser is None:
+            self.sink.raw_received(data)
+            return
+        if self.parser.done:
+            self.sink.body_received(data)
+            return
+        try:
+            head = self.parser.feed(data)
+            if head is None:
+                return
+            fields, rest = head
+            response = interpret(fields)
+        except CGIResponseError as e:
+            self.fail(502, str(e))
+            return
+        self.sink.head_received(response, self.transport)
+        if rest:
+            self.sink.body_received(rest)
+
+    def outConnectionLost(self) -> None:
+        if self.failed:
+            return
+        if self.parser is not None:
+            try:
+                self.parser.end()
+            except CGIResponseError as e:
+                self.fail(502, str(e))
+                return
+        self.sink.output_ended()
+
+    def fail(self, status: int, reason: str) -> None:
+        """Give up on the script's output: log why, answer the client, stop the script."""
+        self.failed = True
+        self._log.warn(
+            "{script} [{request_id}]: {reason}",
+            script=self.script,
+            request_id=self.request_id,
+            reason=reason,
+        )
+        self.sink.script_failed(status, reason)
+        if not self.ended:
+            self.stop("bad output")
+
+    # -- stderr
+
+    def errReceived(self, data: bytes) -> None:
+        room = self.max_stderr - self._stderr_logged - len(self._stderr)
+        if room < len(data):
+            self._stderr_dropped += len(data) - max(room, 0)
+            data = data[: max(room, 0)]
+        self._stderr += data
+        *lines, rest = self._stderr.split(b"\n")
+        for line in lines:
+            self._log_stderr(line)
+        self._stderr = bytearray(rest)
+
+    def _log_stderr(self, line: bytes) -> None:
+        self._stderr_logged += len(line) + 1
+        self._log.warn(
+            "{script} [{request_id}] stderr: {line}",
+            script=self.script,
+            request_id=self.request_id,
+            line=line.rstrip(b"\r").decode("utf-8", "replace"),
+        )
+
+    def errConnectionLost(self) -> None:
+        if self._stderr:
+            self._log_stderr(bytes(self._stderr))
+            self._stderr = bytearray()
+        if self._stderr_dropped:
+            self._log.warn(
+                "{script} [{request_id}] stderr: {dropped} more bytes not logged",
+                script=self.script,
+                request_id=self.request_id,
+                dropped=self._stderr_dropped,
+            )
+
+    # -- end
+
+    def processEnded(self, reason) -> None:
+        self.ended = True
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        status = reason.value
+        if isinstance(status, error.ProcessDone):
+            return
+        if status.signal is not None:
+            how = f"was killed by signal {status.signal}"
+        else:
+            how = f"exited with status {status.exitCode}"
+        self._log.warn(
+            "{script} [{request_id}] {how}{why}",
+            script=self.script,
+            request_id=self.request_id,
+            how=how,
+            why=f" ({self.stopped_because})" if self.stopped_because else "",
+        )
+
+    # -- stopping
+
+    def stop(self, why: str) -> None:
+        """
+        End the script and everything it started (its process group): why
+        is logged ("timeout", "client gone", "shutdown", "bad output").
+        """
+        if self.stopped_because is not None or self.pgid is None:
+            return
+        self.stopped_because = why
+        if self._timeout_call is not None and self._timeout_call.active():
+            self._timeout_call.cancel()
+        if why == "timeout":
+            self._log.warn(
+                "{script} [{request_id}] stopped: timeout after {timeout} s",
+                script=self.script,
+                request_id=self.request_id,
+                timeout=self.timeout,
+            )
+            self.failed = True
+            self.sink.script_failed(504, "timeout")
+        self._signal(signal.SIGTERM)
+        # Even when the script itself exits on SIGTERM, what it started may
+        # not: the group gets SIGKILL after the grace period regardless.
+        self._kill_call = self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        try:
+            self.killpg(self.pgid, signum)
+        except OSError as e:
+            if e.errno != errno.ESRCH:  # ESRCH: the whole group is gone already
+                raise

@@ -1,0 +1,129 @@
+# -*- test-case-name: tests.test_resource -*-
+"""The resource tree: a directory's files served as they are, its scripts run, its secrets never shown."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.logger import Logger
+from twisted.python import filepath
+from twisted.web import pages, static
+from twisted.web.error import UnsupportedMethod
+
+from cgiserve.config import ServerConfig
+from cgiserve.script import CGIScript
+from cgiserve.spawn import spawn_script
+
+_STATIC_METHODS = (b"GET", b"HEAD")
+
+# Extensions that suggest a file was meant to run; a POST to one that is
+# not executable gets a hint in the log.
+_SCRIPT_EXTENSIONS = frozenset({".py", ".cgi", ".sh", ".pl", ".php", ".rb"})
+
+
+class Listing(static.DirectoryLister):
+    """A directory listing, for GET and HEAD only."""
+
+    def render(self, request):
+        if request.method not in _STATIC_METHODS:
+            raise UnsupportedMethod(_STATIC_METHODS)
+        return super().render(request)
+
+
+class DocumentRoot(static.File):
+    """
+    A file or directory under the document root.
+
+    Children that are executable regular files (or whose extension has an
+    interpreter) become L{CGIScript}s; other regular files and directories
+    are served by L{static.File}. Dotfiles, files the server writes itself,
+    symlinks leading out of the root and special files do not exist here.
+    """
+
+    _log = Logger()
+    childNotFound = pages.notFound()
+
+    def __init__(self, path: str, config: ServerConfig, reactor=None, spawner=spawn_script):
+        super().__init__(path, defaultType="application/octet-stream")
+        self.config = config
+        self.indexNames = list(config.index_names)
+        self.reactor = reactor
+        self.spawner = spawner
+
+    def createSimilarFile(self, path):
+        return self.__class__(path, self.config, self.reactor, self.spawner)
+
+    def getChild(self, path, request):
+        try:
+            name = path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound
+        if name.startswith("."):
+            return self.childNotFound
+        self.restat(reraise=False)
+        if not self.isdir():
+            return self.childNotFound
+        if not name:
+            index = self.childSearchPreauth(*self.indexNames)
+            if index is not None:
+                return self.resource_for(index)
+            if self.config.listing:
+                return self.directoryListing()
+            return pages.forbidden("Forbidden", "Directory listing is off.")
+        try:
+            return self.resource_for(self.child(name))
+        except filepath.InsecurePath:
+            return self.childNotFound
+
+    def resource_for(self, child: filepath.FilePath):
+        """The resource for a child path: a script, a static file, or not found."""
+        path = child.path
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                path = os.path.realpath(path)
+                if not self.inside_root(path):
+                    return self.childNotFound
+                mode = os.stat(path).st_mode
+        except OSError:
+            return self.childNotFound
+        if path in self.config.hidden:
+            return self.childNotFound
+        if stat.S_ISDIR(mode):
+            return self.createSimilarFile(path)
+        if not stat.S_ISREG(mode):
+            return self.childNotFound
+        interpreter = self.config.interpreters.get(os.path.splitext(path)[1])
+        if interpreter is not None or os.access(path, os.X_OK):
+            return CGIScript(path, self.config, interpreter, self.reactor, self.spawner)
+        return self.createSimilarFile(path)
+
+    def inside_root(self, real: str) -> bool:
+        """Whether a real path lies strictly inside the root, through no dot-directory."""
+        root = self.config.root
+        if not real.startswith(root + os.sep):
+            return False
+        return not any(part.startswith(".") for part in real[len(root) + 1 :].split(os.sep))
+
+    def listNames(self):
+        return [
+            name
+            for name in super().listNames()
+            if not name.startswith(".") and os.path.join(self.path, name) not in self.config.hidden
+        ]
+
+    def directoryListing(self):
+        return Listing(self.path, self.listNames(), self.contentTypes, self.contentEncodings, self.defaultType)
+
+    def render(self, request):
+        if request.method not in _STATIC_METHODS and self.isfile():
+            if os.path.splitext(self.path)[1] in _SCRIPT_EXTENSIONS:
+                self._log.info(
+                    "[{request_id}] {method} to {path}, which is not executable: "
+                    "chmod +x it to run it as a script",
+                    request_id=request.request_id,
+                    method=request.method.decode("ascii", "replace"),
+                    path=self.path,
+                )
+        return super().render(request)

@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_script -*-
+"""The script resource: one request in, one script run, its response out."""
+
+from __future__ import annotations
+
+import io
+import os
+from urllib.parse import parse_qs
+
+from twisted.logger import Logger
+from twisted.web import pages, resource, server
+
+from cgiserve.config import ServerConfig
+from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form_argv
+from cgiserve.process import ScriptProtocol
+from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
+
+# RFC 3875 6.2.2 lets a script hand a request back to the server; a chain
+# longer than this is a loop.
+MAX_LOCAL_REDIRECTS = 10
+
+_NPH_PREFIX = "nph-"
+
+
+def _text(value: bytes) -> str:
+    return os.fsdecode(value)
+
+
+def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
+    """The plain facts of a Twisted request that a script's environment is made of."""
+    client = request.getClientAddress()
+    host = request.getHost()
+    content = request.content
+    has_body = request.requestHeaders.hasHeader(b"content-length") or request.requestHeaders.hasHeader(
+        b"transfer-encoding"
+    )
+    content_length = None
+    if has_body and content is not None:
+        content.seek(0, io.SEEK_END)
+        content_length = content.tell()
+        content.seek(0)
+    return RequestFacts(
+        method=request.method,
+        request_uri=request.uri,
+        query=request.uri.partition(b"?")[2],
+        protocol=request.clientproto,
+        headers=tuple((name, tuple(values)) for name, values in request.requestHeaders.getAllRawHeaders()),
+        script_name="/" + "/".join(_text(s) for s in request.prepath),
+        script_filename=script,
+        path_info="".join("/" + _text(s) for s in request.postpath),
+        document_root=config.root,
+        remote_addr=str(getattr(client, "host", "")),
+        remote_port=getattr(client, "port", None),
+        server_addr=str(getattr(host, "host", "")),
+        server_port=getattr(host, "port", None),
+        server_name=_text(request.getRequestHostname()),
+        scheme="https" if request.isSecure() else "http",
+        request_id=request.request_id,
+        content_length=content_length,
+        content_type=request.getHeader(b"content-type"),
+    )
+
+
+class ResponseWriter:
+    """
+    The HTTP side of a script run: writes the script's response to the
+    request, streaming with back-pressure, and turns failures into a 502 or
+    504 (or a cut connection once the response has begun).
+    """
+
+    _log = Logger()
+
+    def __init__(self, request, script: str) -> None:
+        self.request = request
+        self.script = script
+        self.gone = False
+        self.handed_back = False
+        self.producer = None
+        self.remaining: int | None = None
+        request.notifyFinish().addErrback(self._client_gone)
+
+    def _client_gone(self, _failure) -> None:
+        self.gone = True
+
+    def _active(self) -> bool:
+        return not (self.gone or self.handed_back or self.request.finished)
+
+    def head_received(self, response: ScriptResponse, producer) -> None:
+        if not self._active():
+            return
+        if response.kind == LOCAL_REDIRECT:
+            self.handed_back = True
+            redirect_locally(self.request, response.location, self.script)
+            return
+        request = self.request
+        request.setResponseCode(response.status, response.reason)
+        # The server never guesses a type for a script (RFC 3875 6.3.1).
+        request.defaultContentType = None
+        for name, value in response.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        if request.method != b"HEAD":
+            self.remaining = response.content_length
+        self.producer = producer
+        request.registerProducer(producer, True)
+
+    def body_received(self, data: bytes) -> None:
+        if not self._active():
+            return
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                self._log.warn(
+                    "{script} [{request_id}] wrote more than its Content-Length; the rest is dropped",
+                    script=self.script,
+                    request_id=self.request.request_id,
+                )
+                data = data[: self.remaining]
+            self.remaining -= len(data)
+        self.request.write(data)
+
+    def raw_received(self, data: bytes) -> None:
+        if not self._active():
+            return
+        request = self.request
+        if not request.startedWriting:
+            # An NPH script frames its own response, so the connection
+            # cannot carry another one after it.
+            request.startedWriting = 1
+            request.channel.persistent = False
+        request.write(data)
+
+    def output_ended(self) -> None:
+        if not self._active():
+            return
+        if self.remaining:
+            self._log.warn(
+                "{script} [{request_id}] ended {remaining} bytes short of its Content-Length",
+                script=self.script,
+                request_id=self.request.request_id,
+                remaining=self.remaining,
+            )
+            self._abort()
+            return
+        self._unregister()
+        self.request.finish()
+
+    def script_failed(self, status: int, reason: str) -> None:
+        if not self._active():
+            return
+        self._unregister()
+        request = self.request
+        if request.startedWriting:
+            self._abort()
+            return
+        if status == 504:
+            page = pages.errorPage(504, "Gateway Timeout", "The script took too long to answer.")
+        else:
+            page = pages.errorPage(502, "Bad Gateway", "The script did not give a valid response.")
+        # Forget whatever headers the script had given before it failed.
+        for name, _ in list(request.responseHeaders.getAllRawHeaders()):
+            if name not in _KEPT:
+                request.responseHeaders.removeHeader(name)
+        request.write(page.render(request))
+        request.finish()
+
+    def _unregister(self) -> None:
+        if self.producer is not None:
+            self.producer = None
+            self.request.unregisterProducer()
+
+    def _abort(self) -> None:
+        """Cut the connection so the client sees a truncated response, never a clean end."""
+        self.gone = True
+        self._unregister()
+        self.request.channel.transport.abortConnection()
+
+
+# The headers an error page keeps from a response the script had begun.
+_KEPT = frozenset({b"Server", b"Date", b"X-Request-Id"})
+
+
+def redirect_locally(request, location: bytes, script: str) -> None:
+    """
+    Answer the request as if the client had asked for C{location} with a
+    GET (RFC 3875 6.2.2): the body and its headers are dropped.
+    """
+    request.local_redirects += 1
+    if request.local_redirects > MAX_LOCAL_REDIRECTS:
+        ResponseWriter._log.warn(
+            "{script} [{request_id}] more than {limit} local redirects",
+            script=script,
+            request_id=request.request_id,
+            limit=MAX_LOCAL_REDIRECTS,
+        )
+        request.write(pages.errorPage(502, "Bad Gateway", "Too many local redirects.").render(request))
+        request.finish()
+        return
+    path, _, query = location.partition(b"?")
+    request.uri = location
+    request.path = path
+    request.args = parse_qs(query, keep_blank_values=True)
+    if request.method != b"HEAD":
+        request.method = b"GET"
+    request.content = io.BytesIO()
+    for name in (b"content-length", b"content-type", b"transfer-encoding"):
+        request.requestHeaders.removeHeader(name)
+    request.render(request.site.getResourceFor(request))
+
+
+class CGIScript(resource.Resource):
+    """
+    An executable file run as a CGI script for every method (RFC 3875).
+
+    The path below the script is its PATH_INFO. The request body goes to
+    the script's stdin; a small url-encoded form POST also goes to argv[1]
+    (the tutorial's convention).
+    """
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(self, path: str, config: ServerConfig, interpreter: str | None, reactor, spawner) -> None:
+        super().__init__()
+        self.path = path
+        self.config = config
+        self.interpreter = interpreter
+        self.reactor = reactor
+        self.spawner = spawner
+
+    def render(self, request):
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+        facts = request_facts(request, self.path, self.config)
+        nph = os.path.basename(self.path).startswith(_NPH_PREFIX)
+        if nph and request.clientproto not in (b"HTTP/1.0", b"HTTP/1.1"):
+            return self._fail(request, 502, "an nph- script cannot answer over " + _text(request.clientproto))
+        form_body = None
+        if self.config.form_argv and wants_form_argv(facts.method, facts.content_type, facts.content_length):
+            form_body = request.content.read()
+            request.content.seek(0)
+            if b"\0" in form_body:
+                return self._fail(request, 400, "form body holds a NUL byte")
+        argv = build_argv(self.path, self.interpreter, form_body, facts.query, self.config.isindex_argv)
+        env = build_environ(facts, self.config.environ)
+        writer = ResponseWriter(request, self.path)
+        body = request.content if facts.content_length else None
+        protocol = ScriptProtocol(self.path, request.request_id, writer, body, nph=nph, clock=self.reactor)
+        executable = self.interpreter or self.path
+        try:
+            self.spawner(self.reactor, protocol, executable, argv, env, os.path.dirname(self.path))
+        except OSError as e:
+            return self._fail(request, 502, f"could not be executed: {e.strerror}")
+        request.notifyFinish().addErrback(lambda _: protocol.stop("client gone"))
+        return server.NOT_DONE_YET
+
+    def _fail(self, request, status: int, reason: str) -> bytes:
+        self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)
+        if status == 400:
+            return pages.errorPage(400, "Bad Request", "The request cannot be passed to the script.").render(request)
+        return pages.errorPage(502, "Bad Gateway", "The script could not be run.").render(request)

@@ -1,0 +1,128 @@
+# -*- test-case-name: tests.test_tap -*-
+"""twistd glue: the cgiserve command line and the service it makes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from twisted.application import service, strports
+from twisted.internet import endpoints
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, ServerConfig
+from cgiserve.environ import EnvironSettings
+from cgiserve.resource import DocumentRoot
+from cgiserve.site import Site
+
+DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
+
+# Files twistd itself writes into its working directory by default; when
+# that directory is the document root they must not be served.
+_TWISTD_FILES = ("twistd.pid", "twistd.log")
+
+
+def _pair(value: str, separator: str, what: str) -> tuple[str, str]:
+    name, found, rest = value.partition(separator)
+    if not found or not name:
+        raise usage.UsageError(f"{what} takes NAME{separator}VALUE, not {value!r}")
+    return name, rest
+
+
+class Options(usage.Options):
+    """The cgiserve command line (C{twistd -n cgiserve --help})."""
+
+    synopsis = "[options]"
+    longdesc = "Serve a directory over HTTP: files as they are, executable files as CGI scripts (RFC 3875)."
+
+    optParameters = [
+        ["root", "r", ".", "Directory to serve."],
+    ]
+    optFlags = [
+        ["no-listing", None, "Answer 403 for a directory without an index file instead of listing it."],
+        ["pass-auth", None, "Pass the Authorization header to scripts as HTTP_AUTHORIZATION."],
+        ["no-form-argv", None, "Do not pass a url-encoded form POST body to scripts as argv[1]."],
+        ["isindex-argv", None, "Pass the words of a query without '=' to scripts as arguments (RFC 3875 4.4)."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["listen"] = []
+        self["index"] = []
+        self["pass-env"] = []
+        self["set-env"] = {}
+        self["interpreter"] = {}
+
+    def opt_listen(self, endpoint):
+        """Listen on this Twisted endpoint (repeatable; default tcp:8000:interface=127.0.0.1)."""
+        self["listen"].append(endpoint)
+
+    def opt_index(self, name):
+        """File name to serve for a directory (repeatable; default index.html, index.htm)."""
+        self["index"].append(name)
+
+    def opt_pass_env(self, name):
+        """Pass this variable of the server's environment to scripts (repeatable)."""
+        self["pass-env"].append(name)
+
+    def opt_set_env(self, assignment):
+        """Set NAME=VALUE in every script's environment (repeatable)."""
+        name, value = _pair(assignment, "=", "--set-env")
+        self["set-env"][name] = value
+
+    def opt_interpreter(self, mapping):
+        """Run files ending in EXT with PROGRAM, as in .py=python3 (repeatable)."""
+        extension, program = _pair(mapping, "=", "--interpreter")
+        if not extension.startswith("."):
+            extension = "." + extension
+        resolved = shutil.which(program) if program else None
+        if resolved is None:
+            raise usage.UsageError(f"--interpreter {mapping}: no program {program!r} found")
+        self["interpreter"][extension] = os.path.realpath(resolved)
+
+    def postOptions(self):
+        root = os.path.realpath(self["root"])
+        if not os.path.isdir(root):
+            raise usage.UsageError(f"--root {self['root']}: not a directory")
+        self["root"] = root
+        if not self["listen"]:
+            self["listen"] = [DEFAULT_LISTEN]
+        for description in self["listen"]:
+            try:
+                endpoints.serverFromString(MemoryReactor(), description)
+            except (ValueError, KeyError, TypeError) as e:
+                raise usage.UsageError(f"--listen {description}: {e}") from None
+        for name in self["index"]:
+            if not name or "/" in name or name.startswith("."):
+                raise usage.UsageError(f"--index {name!r}: not a plain file name")
+
+    def config(self) -> ServerConfig:
+        """The server configuration these options describe."""
+        inherited = {name: os.environ[name] for name in self["pass-env"] if name in os.environ}
+        cwd = os.getcwd()
+        return ServerConfig(
+            root=self["root"],
+            environ=EnvironSettings(
+                server_software=SERVER_SOFTWARE,
+                pass_auth=bool(self["pass-auth"]),
+                inherited=inherited,
+                extra=dict(self["set-env"]),
+            ),
+            index_names=tuple(self["index"]) or DEFAULT_INDEX_NAMES,
+            listing=not self["no-listing"],
+            form_argv=not self["no-form-argv"],
+            isindex_argv=bool(self["isindex-argv"]),
+            interpreters=dict(self["interpreter"]),
+            hidden=frozenset(os.path.realpath(os.path.join(cwd, name)) for name in _TWISTD_FILES),
+        )
+
+
+def makeService(options: Options) -> service.MultiService:
+    """One HTTP service per --listen endpoint, all serving the same site."""
+    config = options.config()
+    site = Site(DocumentRoot(config.root, config))
+    top = service.MultiService()
+    for description in options["listen"]:
+        strports.service(description, site).setServiceParent(top)
+    return top
