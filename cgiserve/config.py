@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from cgiserve import __version__
@@ -11,6 +12,19 @@ from cgiserve.environ import EnvironSettings
 SERVER_SOFTWARE = f"cgiserve/{__version__}"
 
 DEFAULT_INDEX_NAMES = ("index.html", "index.htm")
+
+MiB = 1024 * 1024
+
+DEFAULT_KILL_GRACE_SECONDS = 5.0
+
+# Like Apache's and nginx's error logs: enough stderr to diagnose a
+# script, not enough for one script to fill the server's log or memory.
+DEFAULT_MAX_STDERR_BYTES = 64 * 1024
+
+
+def default_max_scripts() -> int:
+    """Eight running scripts per CPU core: enough to keep the cores busy while others wait on I/O."""
+    return 8 * (os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -32,3 +46,15 @@ class ServerConfig:
     isindex_argv: bool = False
     interpreters: dict[str, str] = field(default_factory=dict)
     hidden: frozenset[str] = frozenset()
+    # Apache kills a CGI script after 60 s (its Timeout); so do we.
+    timeout: float = 60.0
+    kill_grace: float = DEFAULT_KILL_GRACE_SECONDS
+    max_scripts: int = field(default_factory=default_max_scripts)
+    max_queue: int = 128
+    queue_timeout: float = 30.0
+    max_body: int = 100 * MiB
+    max_stderr: int = DEFAULT_MAX_STDERR_BYTES
+    idle_timeout: float = 60.0
+    # Apache's RequestReadTimeout gives headers 20 s to start arriving.
+    header_timeout: float = 20.0
+    shutdown_grace: float = 10.0

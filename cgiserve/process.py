@@ -8,21 +8,15 @@ import os
 import signal
 from typing import Protocol
 
-from twisted.internet import error, protocol
+from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import FileSender
 
+from cgiserve.config import DEFAULT_KILL_GRACE_SECONDS, DEFAULT_MAX_STDERR_BYTES
 from cgiserve.response import CGIResponseError, HeadParser, ScriptResponse, interpret
 
-DEFAULT_KILL_GRACE_SECONDS = 5.0
 
-# Like Apache's and nginx's error logs: enough stderr to diagnose a
-# script, not enough for one script to fill the server's log or memory.
-DEFAULT_MAX_STDERR_BYTES = 64 * 1024
-
-# Reads of the request body per write to the script's stdin; the pipe
-# holds 64 KiB on Linux.
-_STDIN_CHUNK_BYTES = 64 * 1024
+# What the client is told when its script is stopped before answering.
+_ANSWERS = {"timeout": 504, "shutdown": 503}
 
 
 class ResponseSink(Protocol):
@@ -44,18 +38,15 @@ class ResponseSink(Protocol):
         """The run failed; answer C{status} if nothing was sent yet, else cut the response."""
 
 
-class _StdinSender(FileSender):
-    CHUNK_SIZE = _STDIN_CHUNK_BYTES
-
-
 class ScriptProtocol(protocol.ProcessProtocol):
     """
     Runs one script for one request.
 
     Feeds the request body to stdin, parses stdout's header block and
     hands the response to a L{ResponseSink}, logs stderr line by line, and
-    logs how the script ended. L{stop} ends the script's whole process
-    group: SIGTERM, then SIGKILL after C{kill_grace} seconds.
+    logs how the script ended; C{done} fires then. L{stop} ends the
+    script's whole process group: SIGTERM, then SIGKILL after
+    C{kill_grace} seconds.
     """
 
     _log = Logger()
@@ -94,7 +85,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self._stderr_logged = 0
         self._stderr_dropped = 0
         self._timeout_call = None
-        self._kill_call = None
+        self.done = defer.Deferred()
 
     # -- start
 
@@ -104,13 +95,8 @@ class ScriptProtocol(protocol.ProcessProtocol):
             self._timeout_call = self.clock.callLater(self.timeout, self.stop, "timeout")
         if self.body is None:
             self.transport.closeStdin()
-            return
-        self._sender = _StdinSender()
-        self._sender.beginFileTransfer(self.body, self.transport).addCallbacks(
-            lambda _: self.transport.closeStdin(),
-            # The script closed stdin before reading all of the body: its right.
-            lambda _: None,
-        )
+        else:
+            self.body.attach(self.transport)
 
     # -- stdout
 
@@ -132,7 +118,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         except CGIResponseError as e:
             self.fail(502, str(e))
             return
-        self.sink.head_received(response, self.transport)
+        self.sink.head_received(response, self)
         if rest:
             self.sink.body_received(rest)
 
@@ -159,6 +145,17 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self.sink.script_failed(status, reason)
         if not self.ended:
             self.stop("bad output")
+
+    # -- the response's producer: a slow client pauses the script's output
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stop("client gone")
 
     # -- stderr
 
@@ -201,6 +198,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
         status = reason.value
+        self.done.callback(status)
         if isinstance(status, error.ProcessDone):
             return
         if status.signal is not None:
@@ -219,27 +217,25 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def stop(self, why: str) -> None:
         """
-        End the script and everything it started (its process group): why
-        is logged ("timeout", "client gone", "shutdown", "bad output").
+        End the script and everything it started (its process group); why
+        it was stopped ("timeout", "client gone", "shutdown", "bad output")
+        is logged with its exit.
         """
-        if self.stopped_because is not None or self.pgid is None:
+        if self.stopped_because is not None or self.pgid is None or self.ended:
             return
         self.stopped_because = why
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
-        if why == "timeout":
-            self._log.warn(
-                "{script} [{request_id}] stopped: timeout after {timeout} s",
-                script=self.script,
-                request_id=self.request_id,
-                timeout=self.timeout,
-            )
+        self._log.warn(
+            "{script} [{request_id}] stopping: {why}", script=self.script, request_id=self.request_id, why=why
+        )
+        if why in _ANSWERS and not self.failed:
             self.failed = True
-            self.sink.script_failed(504, "timeout")
+            self.sink.script_failed(_ANSWERS[why], why)
         self._signal(signal.SIGTERM)
         # Even when the script itself exits on SIGTERM, what it started may
         # not: the group gets SIGKILL after the grace period regardless.
-        self._kill_call = self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
+        self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
 
     def _signal(self, signum: int) -> None:
         try:

@@ -13,7 +13,7 @@ from twisted.web.error import UnsupportedMethod
 
 from cgiserve.config import ServerConfig
 from cgiserve.script import CGIScript
-from cgiserve.spawn import spawn_script
+from cgiserve.runner import ScriptRunner
 
 _STATIC_METHODS = (b"GET", b"HEAD")
 
@@ -44,15 +44,14 @@ class DocumentRoot(static.File):
     _log = Logger()
     childNotFound = pages.notFound()
 
-    def __init__(self, path: str, config: ServerConfig, reactor=None, spawner=spawn_script):
+    def __init__(self, path: str, config: ServerConfig, runner: ScriptRunner):
         super().__init__(path, defaultType="application/octet-stream")
         self.config = config
         self.indexNames = list(config.index_names)
-        self.reactor = reactor
-        self.spawner = spawner
+        self.runner = runner
 
     def createSimilarFile(self, path):
-        return self.__class__(path, self.config, self.reactor, self.spawner)
+        return self.__class__(path, self.config, self.runner)
 
     def getChild(self, path, request):
         try:
@@ -96,7 +95,7 @@ class DocumentRoot(static.File):
             return self.childNotFound
         interpreter = self.config.interpreters.get(os.path.splitext(path)[1])
         if interpreter is not None or os.access(path, os.X_OK):
-            return CGIScript(path, self.config, interpreter, self.reactor, self.spawner)
+            return CGIScript(path, self.config, interpreter, self.runner)
         return self.createSimilarFile(path)
 
     def inside_root(self, real: str) -> bool:

@@ -13,6 +13,8 @@ from twisted.web import pages, resource, server
 from cgiserve.config import ServerConfig
 from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form_argv
 from cgiserve.process import ScriptProtocol
+from cgiserve.runner import Busy, ScriptRunner
+from cgiserve.upload import FileBody
 from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
 
 # RFC 3875 6.2.2 lets a script hand a request back to the server; a chain
@@ -30,15 +32,13 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
     """The plain facts of a Twisted request that a script's environment is made of."""
     client = request.getClientAddress()
     host = request.getHost()
-    content = request.content
-    has_body = request.requestHeaders.hasHeader(b"content-length") or request.requestHeaders.hasHeader(
-        b"transfer-encoding"
-    )
     content_length = None
-    if has_body and content is not None:
-        content.seek(0, io.SEEK_END)
-        content_length = content.tell()
-        content.seek(0)
+    if request.streamed_body is not None:
+        content_length = _declared_length(request)
+    elif request.requestHeaders.hasHeader(b"content-length") or request.requestHeaders.hasHeader(b"transfer-encoding"):
+        # The body is in whole; a chunked one's length is known only now.
+        content_length = request.content.seek(0, io.SEEK_END)
+        request.content.seek(0)
     return RequestFacts(
         method=request.method,
         request_uri=request.uri,
@@ -141,7 +141,7 @@ class ResponseWriter:
             self._abort()
             return
         self._unregister()
-        self.request.finish()
+        self._finish()
 
     def script_failed(self, status: int, reason: str) -> None:
         if not self._active():
@@ -151,21 +151,29 @@ class ResponseWriter:
         if request.startedWriting:
             self._abort()
             return
-        if status == 504:
-            page = pages.errorPage(504, "Gateway Timeout", "The script took too long to answer.")
-        else:
-            page = pages.errorPage(502, "Bad Gateway", "The script did not give a valid response.")
         # Forget whatever headers the script had given before it failed.
         for name, _ in list(request.responseHeaders.getAllRawHeaders()):
             if name not in _KEPT:
                 request.responseHeaders.removeHeader(name)
-        request.write(page.render(request))
-        request.finish()
+        if status == 503:
+            request.setHeader(b"Retry-After", RETRY_AFTER_SECONDS)
+        request.write(error_page(status).render(request))
+        self._finish()
 
     def _unregister(self) -> None:
         if self.producer is not None:
             self.producer = None
             self.request.unregisterProducer()
+
+    def _finish(self) -> None:
+        body = self.request.streamed_body
+        if body is not None and not body.complete:
+            # The rest of the upload is still on its way and nobody will
+            # read it: end the response and then the connection.
+            self.request.channel.persistent = False
+            if not self.request.startedWriting:
+                self.request.setHeader(b"Connection", b"close")
+        self.request.finish()
 
     def _abort(self) -> None:
         """Cut the connection so the client sees a truncated response, never a clean end."""
@@ -176,6 +184,21 @@ class ResponseWriter:
 
 # The headers an error page keeps from a response the script had begun.
 _KEPT = frozenset({b"Server", b"Date", b"X-Request-Id"})
+
+# How long a client told 503 should wait before trying again.
+RETRY_AFTER_SECONDS = b"5"
+
+_ERROR_PAGES = {
+    502: ("Bad Gateway", "The script did not give a valid response."),
+    503: ("Service Unavailable", "The server is too busy to run the script now; try again shortly."),
+    504: ("Gateway Timeout", "The script took too long to answer."),
+}
+
+
+def error_page(status: int):
+    """The short page for a script request that failed with C{status}."""
+    brief, detail = _ERROR_PAGES[status]
+    return pages.errorPage(status, brief, detail)
 
 
 def redirect_locally(request, location: bytes, script: str) -> None:
@@ -191,7 +214,7 @@ def redirect_locally(request, location: bytes, script: str) -> None:
             request_id=request.request_id,
             limit=MAX_LOCAL_REDIRECTS,
         )
-        request.write(pages.errorPage(502, "Bad Gateway", "Too many local redirects.").render(request))
+        request.write(error_page(502).render(request))
         request.finish()
         return
     path, _, query = location.partition(b"?")
@@ -218,44 +241,73 @@ class CGIScript(resource.Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, path: str, config: ServerConfig, interpreter: str | None, reactor, spawner) -> None:
+    def __init__(self, path: str, config: ServerConfig, interpreter: str | None, runner: ScriptRunner) -> None:
         super().__init__()
         self.path = path
         self.config = config
         self.interpreter = interpreter
-        self.reactor = reactor
-        self.spawner = spawner
+        self.runner = runner
+
+    def streams_body(self, request) -> bool:
+        """Whether the script can start before its body arrives: not when the body is wanted as argv[1]."""
+        return not (
+            self.config.form_argv
+            and wants_form_argv(request.method, request.getHeader(b"content-type"), _declared_length(request))
+        )
 
     def render(self, request):
-        if self.reactor is None:
-            from twisted.internet import reactor
-
-            self.reactor = reactor
         facts = request_facts(request, self.path, self.config)
         nph = os.path.basename(self.path).startswith(_NPH_PREFIX)
         if nph and request.clientproto not in (b"HTTP/1.0", b"HTTP/1.1"):
             return self._fail(request, 502, "an nph- script cannot answer over " + _text(request.clientproto))
         form_body = None
-        if self.config.form_argv and wants_form_argv(facts.method, facts.content_type, facts.content_length):
-            form_body = request.content.read()
-            request.content.seek(0)
-            if b"\0" in form_body:
-                return self._fail(request, 400, "form body holds a NUL byte")
+        if request.streamed_body is None and self.config.form_argv:
+            if wants_form_argv(facts.method, facts.content_type, facts.content_length):
+                form_body = request.content.read()
+                request.content.seek(0)
+                if b"\0" in form_body:
+                    # Not a url-encoded form after all, and no argument can
+                    # hold a NUL: the body goes to stdin only.
+                    form_body = None
         argv = build_argv(self.path, self.interpreter, form_body, facts.query, self.config.isindex_argv)
         env = build_environ(facts, self.config.environ)
         writer = ResponseWriter(request, self.path)
-        body = request.content if facts.content_length else None
-        protocol = ScriptProtocol(self.path, request.request_id, writer, body, nph=nph, clock=self.reactor)
-        executable = self.interpreter or self.path
-        try:
-            self.spawner(self.reactor, protocol, executable, argv, env, os.path.dirname(self.path))
-        except OSError as e:
-            return self._fail(request, 502, f"could not be executed: {e.strerror}")
-        request.notifyFinish().addErrback(lambda _: protocol.stop("client gone"))
+        if request.streamed_body is not None:
+            body = request.streamed_body
+        elif facts.content_length:
+            body = FileBody(request.content)
+        else:
+            body = None
+        protocol = ScriptProtocol(
+            self.path,
+            request.request_id,
+            writer,
+            body,
+            nph=nph,
+            clock=self.runner.reactor,
+            timeout=self.config.timeout,
+            kill_grace=self.config.kill_grace,
+            max_stderr=self.config.max_stderr,
+        )
+        started = self.runner.start(protocol, self.interpreter or self.path, argv, env, os.path.dirname(self.path))
+        started.addErrback(self._not_started, request, writer)
+        request.notifyFinish().addErrback(lambda _: (started.cancel(), protocol.stop("client gone")))
         return server.NOT_DONE_YET
+
+    def _not_started(self, failure, request, writer: ResponseWriter) -> None:
+        if failure.check(Busy):
+            status, reason = 503, f"not run: {failure.value}"
+        else:
+            failure.trap(OSError)
+            status, reason = 502, f"could not be executed: {failure.value.strerror}"
+        self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)
+        writer.script_failed(status, reason)
 
     def _fail(self, request, status: int, reason: str) -> bytes:
         self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)
-        if status == 400:
-            return pages.errorPage(400, "Bad Request", "The request cannot be passed to the script.").render(request)
-        return pages.errorPage(502, "Bad Gateway", "The script could not be run.").render(request)
+        return error_page(status).render(request)
+
+
+def _declared_length(request) -> int | None:
+    length = request.getHeader(b"content-length")
+    return int(length) if length is not None and length.isdigit() else None

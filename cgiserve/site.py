@@ -1,42 +1,195 @@
 # -*- test-case-name: tests.test_site -*-
-"""The HTTP site: request ids, our Server header, and normalised paths before the tree is walked."""
+"""The HTTP side: request ids, body limits and streaming, header deadlines, and normalised paths."""
 
 from __future__ import annotations
 
 import uuid
+from urllib.parse import parse_qs
 
 from twisted.logger import Logger
-from twisted.web import pages, server
+from twisted.web import http, pages, server
 
-from cgiserve.config import SERVER_SOFTWARE
+from cgiserve.config import SERVER_SOFTWARE, ServerConfig
 from cgiserve.paths import BadPath, path_segments
+from cgiserve.upload import StreamedBody
 
 _SERVER = SERVER_SOFTWARE.encode("ascii")
+
+_TOO_LARGE = (
+    b"HTTP/1.1 413 Content Too Large\r\n"
+    b"Connection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 31\r\n"
+    b"\r\n"
+    b"The request body is too large.\n"
+)
 
 
 class Request(server.Request):
     """
     A request with an id that follows it into the logs, the script's
     environment (REQUEST_ID) and the response (X-Request-Id).
+
+    A body over the site's C{max_body} is refused with 413 as soon as that
+    is known: from Content-Length before any of it is read, or when a
+    chunked body crosses the limit. A body with a Content-Length bound for
+    a script is not stored: the script starts when the headers are in and
+    reads the body as it arrives (C{streamed_body}).
     """
 
+    _log = Logger()
+    # Scripts parse their own forms; parsing every POST body into
+    # request.args would only cost the server time and memory.
+    _parsePOSTFormSubmission = False
     request_id = ""
     local_redirects = 0
+    streamed_body: StreamedBody | None = None
+    rejected = False
+    _body_received = 0
 
     def process(self):
-        self.request_id = uuid.uuid4().hex
+        if not self.request_id:
+            self.request_id = uuid.uuid4().hex
         super().process()
+
+    def gotLength(self, length):
+        max_body = self.channel.site.config.max_body
+        if length is not None and max_body and length > max_body:
+            self._reject(f"Content-Length {length} is over the limit of {max_body} bytes")
+            return
+        if length and isinstance(self.channel, http.HTTPChannel) and self._stream(length):
+            return
+        super().gotLength(length)
+
+    def _stream(self, length: int) -> bool:
+        """Start a script before its body arrives, when the request is for one that can take it so."""
+        channel = self.channel
+        self._set_request_line(channel._command, channel._path, channel._version)
+        try:
+            path_segments(self.path)
+        except BadPath:
+            return False  # answered (and logged) once the body is in
+        self.request_id = uuid.uuid4().hex
+        target = channel.site.getResourceFor(self)
+        if not getattr(target, "streams_body", lambda request: False)(self):
+            return False
+        self.streamed_body = StreamedBody(channel.transport)
+        super().gotLength(0)
+        self.process()
+        if self.startedWriting:
+            # Answered already (queue full, say): no "100 Continue" after that.
+            self.requestHeaders.removeHeader(b"expect")
+        return True
+
+    def handleContentChunk(self, data):
+        if self.rejected:
+            return
+        if self.streamed_body is not None:
+            self.streamed_body.write(data)
+            return
+        self._body_received += len(data)
+        max_body = self.channel.site.config.max_body
+        if max_body and self._body_received > max_body:
+            self._reject(f"chunked body is over the limit of {max_body} bytes")
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command, path, version):
+        if self.rejected:
+            return
+        if self.streamed_body is not None:
+            self.streamed_body.finish()
+            return
+        super().requestReceived(command, path, version)
+
+    def _set_request_line(self, command, path, version):
+        """What C{requestReceived} would set, for a request whose body is still to come."""
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path, _, query = path.partition(b"?")
+        self.args = parse_qs(query, keep_blank_values=True)
+
+    def _reject(self, reason: str) -> None:
+        """Refuse the body with 413 and close the connection, without reading on."""
+        self.rejected = True
+        channel = self.channel
+        if isinstance(channel, http.HTTPChannel):
+            self._set_request_line(channel._command, channel._path, channel._version)
+        self.request_id = self.request_id or uuid.uuid4().hex
+        self._log.info("[{request_id}] 413: {reason}", request_id=self.request_id, reason=reason)
+        self.requestHeaders.removeHeader(b"expect")
+        self.setResponseCode(413)
+        if not isinstance(channel, http.HTTPChannel):
+            self.write(pages.errorPage(413, "Content Too Large", "The request body is too large.").render(self))
+            self.finish()
+            return
+        # The channel is still parsing this request's body: answer on the
+        # wire directly and leave its state alone until the connection goes.
+        channel.site.log(self)
+        channel.transport.write(_TOO_LARGE)
+        channel.transport.loseConnection()
+
+
+class Channel(http.HTTPChannel):
+    """
+    An HTTP/1.1 connection with a deadline for each request's headers, so
+    that a client trickling them in cannot hold a connection (the idle
+    timeout restarts with every byte).
+    """
+
+    _log = Logger()
+    _header_call = None
+    _awaiting_headers = True
+
+    def dataReceived(self, data):
+        if self._awaiting_headers and self._header_call is None and self.transport is not None:
+            self._header_call = self.callLater(self.site.config.header_timeout, self._headers_too_slow)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._cancel_header_deadline()
+        self._awaiting_headers = False
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        self._awaiting_headers = True
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._cancel_header_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_header_deadline(self):
+        if self._header_call is not None:
+            if self._header_call.active():
+                self._header_call.cancel()
+            self._header_call = None
+
+    def _headers_too_slow(self):
+        self._header_call = None
+        self._log.info("Request headers too slow from {peer}; closing", peer=str(self.transport.getPeer()))
+        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        self.transport.loseConnection()
+
+
+def _channel(factory):
+    """An HTTP/1.1 L{Channel} behind Twisted's switch to HTTP/2 after ALPN."""
+    return http._GenericHTTPChannelProtocol(Channel())
 
 
 class Site(server.Site):
     """
-    A site whose paths are decoded and stripped of dot-segments before the
+    The site: paths are decoded and stripped of dot-segments before the
     resource tree sees them, so that no resource has to defend itself
     against C{..}, encoded slashes or NULs.
     """
 
     requestFactory = Request
+    protocol = _channel
     _log = Logger()
+
+    def __init__(self, resource, config: ServerConfig, reactor=None):
+        super().__init__(resource, timeout=config.idle_timeout, reactor=reactor)
+        self.config = config
 
     def getResourceFor(self, request):
         # Request.process has just set Twisted's own Server header.
@@ -46,10 +199,7 @@ class Site(server.Site):
             request.postpath = path_segments(request.path)
         except BadPath as e:
             self._log.info(
-                "[{request_id}] 400 for {path!r}: {reason}",
-                request_id=request.request_id,
-                path=request.path,
-                reason=str(e),
+                "[{request_id}] 400 for {path!r}: {reason}", request_id=request.request_id, path=request.path, reason=str(e)
             )
             request.site = self
             return pages.errorPage(400, "Bad Request", "The request path is not valid.")

@@ -14,6 +14,7 @@ from twisted.python import usage
 from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, ServerConfig
 from cgiserve.environ import EnvironSettings
 from cgiserve.resource import DocumentRoot
+from cgiserve.runner import ScriptRunner
 from cgiserve.site import Site
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
@@ -119,10 +120,12 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """One HTTP service per --listen endpoint, all serving the same site."""
+    """The script runner, then one HTTP service per --listen endpoint, all serving the same site."""
     config = options.config()
-    site = Site(DocumentRoot(config.root, config))
     top = service.MultiService()
+    runner = ScriptRunner(config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace)
+    runner.setServiceParent(top)
+    site = Site(DocumentRoot(config.root, config, runner), config)
     for description in options["listen"]:
         strports.service(description, site).setServiceParent(top)
     return top

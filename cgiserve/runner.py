@@ -1,0 +1,104 @@
+# -*- test-case-name: tests.test_runner -*-
+"""Which scripts run when: a bounded number at once, a bounded queue, and a clean stop."""
+
+from __future__ import annotations
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cgiserve.spawn import spawn_script
+
+
+class Busy(Exception):
+    """No slot for a script now or within the queue timeout; the message says which."""
+
+
+class ScriptRunner(service.Service):
+    """
+    Starts scripts for requests, at most C{max_scripts} at a time.
+
+    Requests beyond that wait in a queue of at most C{max_queue} for at
+    most C{queue_timeout} seconds, then fail with L{Busy}. On stop (twistd's
+    SIGTERM) running scripts get C{shutdown_grace} seconds to finish, then
+    their process groups are stopped.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        max_scripts: int,
+        max_queue: int,
+        queue_timeout: float,
+        shutdown_grace: float,
+        reactor=None,
+        spawner=spawn_script,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.spawner = spawner
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.shutdown_grace = shutdown_grace
+        self.slots = defer.DeferredSemaphore(max_scripts)
+        self.active: set = set()
+        self.stopping = False
+
+    def start(self, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str) -> defer.Deferred:
+        """
+        Run a script once a slot is free: a Deferred that fires when it has
+        started, or fails with L{Busy}, or with C{OSError} when it cannot be
+        executed. Cancel it to give up a place in the queue.
+        """
+        if self.stopping:
+            return defer.fail(Busy("the server is shutting down"))
+        if self.slots.tokens == 0 and len(self.slots.waiting) >= self.max_queue:
+            return defer.fail(Busy(f"all {self.slots.limit} script slots busy and {self.max_queue} requests queued"))
+        waiting = self.slots.acquire()
+        if self.queue_timeout and not waiting.called:
+            waiting.addTimeout(self.queue_timeout, self.reactor)
+
+        def not_started(failure):
+            if failure.check(defer.TimeoutError):
+                raise Busy(f"no script slot free within {self.queue_timeout} s")
+            failure.trap(defer.CancelledError)
+            raise Busy("left the queue (client gone or server stopping)")
+
+        def spawn(_):
+            try:
+                self.spawner(self.reactor, protocol, executable, argv, env, cwd)
+            except Exception:
+                self.slots.release()
+                raise
+            self.active.add(protocol)
+            protocol.done.addBoth(self._ended, protocol)
+            return protocol
+
+        return waiting.addCallbacks(spawn, not_started)
+
+    def _ended(self, result, protocol):
+        self.active.discard(protocol)
+        self.slots.release()
+        return result
+
+    def stopService(self):
+        """Let running scripts finish for the grace period, then stop them."""
+        super().stopService()
+        self.stopping = True
+        for waiter in list(self.slots.waiting):
+            waiter.cancel()
+        if not self.active:
+            return defer.succeed(None)
+        self._log.info(
+            "Waiting up to {grace} s for {count} running scripts", grace=self.shutdown_grace, count=len(self.active)
+        )
+        ended = defer.DeferredList([protocol.done for protocol in self.active], consumeErrors=True)
+        deadline = self.reactor.callLater(self.shutdown_grace, self._stop_all)
+        ended.addBoth(lambda _: deadline.cancel() if deadline.active() else None)
+        return ended
+
+    def _stop_all(self) -> None:
+        for protocol in list(self.active):
+            protocol.stop("shutdown")

@@ -1,0 +1,124 @@
+# -*- test-case-name: tests.test_upload -*-
+"""Request bodies on their way to a script's stdin, with back-pressure both ways."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.protocols.basic import FileSender
+
+
+class FileBody:
+    """A body already received whole (a small form, a spooled chunked upload), read from its file."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self._sender = FileSender()
+        # The pipe to the script holds 64 KiB on Linux.
+        self._sender.CHUNK_SIZE = 64 * 1024
+
+    def attach(self, process) -> None:
+        """Copy the file to the script's stdin, then close it."""
+        self._sender.beginFileTransfer(self.file, process).addCallbacks(
+            lambda _: process.closeStdin(),
+            # The script closed stdin before reading all of the body: its right.
+            lambda _: None,
+        )
+
+
+class StreamedBody:
+    """
+    A body passed to the script as it arrives from the client.
+
+    While the script's stdin is full, or before the script has started
+    (it may wait for a slot), the client's connection stops being read, so
+    the server holds at most one read of the body in memory. A script that
+    closes stdin early makes the rest of the body be read and dropped.
+    """
+
+    def __init__(self, network) -> None:
+        self.network = network
+        self.process = None
+        self.complete = False
+        self.received = 0
+        self._pending: list[bytes] = []
+        self._paused = False
+        self._discarding = False
+        self._waiters: list[Deferred] = []
+        self._pause()
+
+    # -- from the client
+
+    def write(self, data: bytes) -> None:
+        """Body bytes from the client."""
+        self.received += len(data)
+        if self._discarding:
+            return
+        if self.process is None:
+            self._pending.append(data)
+        else:
+            self.process.write(data)
+        if self._paused or self.process is None:
+            # The HTTP channel resumes the connection for its own reasons
+            # (its send buffer drained); pause it again while the script
+            # cannot take more.
+            self._paused = False
+            self._pause()
+
+    def finish(self) -> None:
+        """The client has sent the whole body."""
+        self.complete = True
+        self._resume()
+        if self.process is not None and not self._discarding:
+            self._close_stdin()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def when_complete(self) -> Deferred:
+        """Fires once the whole body has been received (at once if it has)."""
+        if self.complete:
+            return succeed(None)
+        waiter = Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+    # -- to the script
+
+    def attach(self, process) -> None:
+        """Start writing to the script's stdin, the body so far first."""
+        self.process = process
+        process.registerProducer(self, True)
+        self._resume()
+        pending, self._pending = self._pending, []
+        for data in pending:
+            process.write(data)
+        if self.complete:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        # A writer that still has a producer resumes it when drained
+        # instead of closing: unregister first, as FileSender does.
+        self.process.unregisterProducer()
+        self.process.closeStdin()
+
+    def pauseProducing(self) -> None:
+        self._pause()
+
+    def resumeProducing(self) -> None:
+        self._resume()
+
+    def stopProducing(self) -> None:
+        """The script's stdin closed: drop the rest of the body as it comes."""
+        self._discarding = True
+        self._pending = []
+        self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused and not self.complete:
+            self._paused = True
+            self.network.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.network.resumeProducing()
