@@ -11,7 +11,7 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
-from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, ServerConfig
+from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, MiB, ServerConfig, default_max_scripts
 from cgiserve.environ import EnvironSettings
 from cgiserve.resource import DocumentRoot
 from cgiserve.runner import ScriptRunner
@@ -22,6 +22,36 @@ DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 # Files twistd itself writes into its working directory by default; when
 # that directory is the document root they must not be served.
 _TWISTD_FILES = ("twistd.pid", "twistd.log")
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError("a number of seconds, 0 or more")
+    return seconds
+
+
+_seconds.coerceDoc = "Seconds, 0 or more."
+
+
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError("a whole number, 1 or more")
+    return count
+
+
+_count.coerceDoc = "A whole number, 1 or more."
+
+
+def _size(value: str) -> int:
+    size = int(value)
+    if size < 0:
+        raise ValueError("a number of bytes, 0 or more")
+    return size
+
+
+_size.coerceDoc = "Bytes, 0 or more."
 
 
 def _pair(value: str, separator: str, what: str) -> tuple[str, str]:
@@ -39,6 +69,16 @@ class Options(usage.Options):
 
     optParameters = [
         ["root", "r", ".", "Directory to serve."],
+        ["timeout", None, 60.0, "Stop a script still running after this many seconds (0: never).", _seconds],
+        ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a script is stopped.", _seconds],
+        ["max-scripts", None, None, "Scripts running at once; by default 8 per CPU core.", _count],
+        ["max-queue", None, 128, "Requests that may wait for a script slot; more get 503.", _count],
+        ["queue-timeout", None, 30.0, "Seconds a request may wait for a script slot before 503.", _seconds],
+        ["max-body", None, 100 * MiB, "Largest request body in bytes (0: no limit); larger gets 413.", _size],
+        ["max-stderr", None, 64 * 1024, "Bytes of a script's stderr logged per request.", _size],
+        ["idle-timeout", None, 60.0, "Close a keep-alive connection idle for this many seconds.", _seconds],
+        ["header-timeout", None, 20.0, "Close a connection whose request headers take longer than this.", _seconds],
+        ["shutdown-grace", None, 10.0, "On shutdown, seconds running scripts get before they are stopped.", _seconds],
     ]
     optFlags = [
         ["no-listing", None, "Answer 403 for a directory without an index file instead of listing it."],
@@ -116,6 +156,16 @@ class Options(usage.Options):
             isindex_argv=bool(self["isindex-argv"]),
             interpreters=dict(self["interpreter"]),
             hidden=frozenset(os.path.realpath(os.path.join(cwd, name)) for name in _TWISTD_FILES),
+            timeout=self["timeout"],
+            kill_grace=self["kill-grace"],
+            max_scripts=self["max-scripts"] or default_max_scripts(),
+            max_queue=self["max-queue"],
+            queue_timeout=self["queue-timeout"],
+            max_body=self["max-body"],
+            max_stderr=self["max-stderr"],
+            idle_timeout=self["idle-timeout"],
+            header_timeout=self["header-timeout"],
+            shutdown_grace=self["shutdown-grace"],
         )
 
 
