@@ -78,9 +78,13 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self.killpg = killpg
         self.parser = None if nph else HeadParser()
         self.failed = False
+        self.raw_seen = False
         self.stopped_because: str | None = None
         self.pgid: int | None = None
         self.ended = False
+        # How long the script ran, in seconds, once it has ended.
+        self.run_seconds: float | None = None
+        self._started_at: float | None = None
         self._stderr = bytearray()
         self._stderr_logged = 0
         self._stderr_dropped = 0
@@ -91,6 +95,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pgid = self.transport.pid
+        self._started_at = self.clock.seconds()
         if self.timeout:
             self._timeout_call = self.clock.callLater(self.timeout, self.stop, "timeout")
         if self.body is None:
@@ -104,6 +109,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         if self.failed:
             return
         if self.parser is None:
+            self.raw_seen = True
             self.sink.raw_received(data)
             return
         if self.parser.done:
@@ -124,6 +130,9 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def outConnectionLost(self) -> None:
         if self.failed:
+            return
+        if self.parser is None and not self.raw_seen:
+            self.fail(502, "script ended without any output")
             return
         if self.parser is not None:
             try:
@@ -195,6 +204,8 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def processEnded(self, reason) -> None:
         self.ended = True
+        if self._started_at is not None:
+            self.run_seconds = self.clock.seconds() - self._started_at
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
         status = reason.value
@@ -229,9 +240,11 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self._log.warn(
             "{script} [{request_id}] stopping: {why}", script=self.script, request_id=self.request_id, why=why
         )
-        if why in _ANSWERS and not self.failed:
+        if not self.failed:
+            # Whatever the script writes from now on answers nobody.
             self.failed = True
-            self.sink.script_failed(_ANSWERS[why], why)
+            if why in _ANSWERS:
+                self.sink.script_failed(_ANSWERS[why], why)
         self._signal(signal.SIGTERM)
         # Even when the script itself exits on SIGTERM, what it started may
         # not: the group gets SIGKILL after the grace period regardless.

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
 
+from cgiserve.addresses import connection_ends
 from cgiserve.config import ServerConfig
 from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form_argv
 from cgiserve.process import ScriptProtocol
@@ -30,8 +31,7 @@ def _text(value: bytes) -> str:
 
 def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
     """The plain facts of a Twisted request that a script's environment is made of."""
-    client = request.getClientAddress()
-    host = request.getHost()
+    ends = connection_ends(request.getClientAddress(), request.getHost(), request.getHeader(b"host"), request.isSecure())
     content_length = None
     if request.streamed_body is not None:
         content_length = _declared_length(request)
@@ -49,15 +49,16 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
         script_filename=script,
         path_info="".join("/" + _text(s) for s in request.postpath),
         document_root=config.root,
-        remote_addr=str(getattr(client, "host", "")),
-        remote_port=getattr(client, "port", None),
-        server_addr=str(getattr(host, "host", "")),
-        server_port=getattr(host, "port", None),
-        server_name=_text(request.getRequestHostname()),
+        remote_addr=ends.remote_addr,
+        remote_port=ends.remote_port,
+        server_addr=ends.server_addr,
+        server_port=ends.server_port,
+        server_name=ends.server_name,
         scheme="https" if request.isSecure() else "http",
         request_id=request.request_id,
         content_length=content_length,
         content_type=request.getHeader(b"content-type"),
+        remote_user=getattr(request, "remote_user", None),
     )
 
 
@@ -224,6 +225,9 @@ def redirect_locally(request, location: bytes, script: str) -> None:
     if request.method != b"HEAD":
         request.method = b"GET"
     request.content = io.BytesIO()
+    if request.streamed_body is not None:
+        # The first script had the upload; the rest of it goes nowhere.
+        request.streamed_body.stopProducing()
     for name in (b"content-length", b"content-type", b"transfer-encoding"):
         request.requestHeaders.removeHeader(name)
     request.render(request.site.getResourceFor(request))
@@ -272,12 +276,12 @@ class CGIScript(resource.Resource):
         argv = build_argv(self.path, self.interpreter, form_body, facts.query, self.config.isindex_argv)
         env = build_environ(facts, self.config.environ)
         writer = ResponseWriter(request, self.path)
-        if request.streamed_body is not None:
-            body = request.streamed_body
-        elif facts.content_length:
-            body = FileBody(request.content)
-        else:
+        if not facts.content_length:
             body = None
+        elif request.streamed_body is not None:
+            body = request.streamed_body
+        else:
+            body = FileBody(request.content)
         protocol = ScriptProtocol(
             self.path,
             request.request_id,
@@ -289,6 +293,8 @@ class CGIScript(resource.Resource):
             kill_grace=self.config.kill_grace,
             max_stderr=self.config.max_stderr,
         )
+        # The access log waits for this run to end before writing the request's line.
+        request.script_run = protocol
         started = self.runner.start(protocol, self.interpreter or self.path, argv, env, os.path.dirname(self.path))
         started.addErrback(self._not_started, request, writer)
         request.notifyFinish().addErrback(lambda _: (started.cancel(), protocol.stop("client gone")))
