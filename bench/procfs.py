@@ -1,0 +1,118 @@
+"""Read process facts from /proc: RSS, spooled temp files, CGI children."""
+
+import os
+import stat
+import threading
+import time
+
+MiB = 1024 * 1024
+
+
+def rss(pid):
+    """Resident set size of one process (not its children), in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def spooled(pid):
+    """Total size of deleted regular files the process holds open, in bytes.
+
+    Temporary files (``tempfile.TemporaryFile``, O_TMPFILE) show up in
+    /proc/PID/fd as links ending in ``(deleted)``.
+    """
+    total = 0
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return 0
+    for fd in fds:
+        path = os.path.join(fd_dir, fd)
+        try:
+            target = os.readlink(path)
+            if not target.endswith("(deleted)") or target.startswith("/memfd:"):
+                continue
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
+
+
+def descendants(pid):
+    """PIDs of all live descendants of a process."""
+    parent_of = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # The command name may hold spaces: fields start after ")".
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(entry)] = int(fields[1])
+    found, frontier = [], {pid}
+    while frontier:
+        children = {p for p, pp in parent_of.items() if pp in frontier}
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def written(pids):
+    """Sum of ``wchar`` (bytes written) over processes, skipping gone ones."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/io") as f:
+                for line in f:
+                    if line.startswith("wchar:"):
+                        total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+class Sampler:
+    """Sample a process's RSS and spooled bytes every 20 ms in a thread.
+
+    Use as a context manager; afterwards ``peak_rss`` and ``peak_spooled``
+    hold the maxima seen. Sampling stops by itself after ``limit`` seconds.
+    """
+
+    interval = 0.02
+
+    def __init__(self, pid, limit=600):
+        self.pid = pid
+        self.limit = limit
+        self.peak_rss = self.peak_spooled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self):
+        try:
+            self.peak_rss = max(self.peak_rss, rss(self.pid))
+        except OSError:
+            return
+        self.peak_spooled = max(self.peak_spooled, spooled(self.pid))
+
+    def _run(self):
+        deadline = time.monotonic() + self.limit
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
