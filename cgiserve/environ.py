@@ -21,12 +21,13 @@ MAX_FORM_ARGV_BYTES = 64 * 1024
 
 FORM_MEDIA_TYPE = b"application/x-www-form-urlencoded"
 
-# Headers that never become HTTP_* variables: the body's own headers are
-# CONTENT_TYPE and CONTENT_LENGTH already; "Proxy" would set HTTP_PROXY,
-# which many HTTP clients read as their proxy (httpoxy, CVE-2016-5385).
 _HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
 
-_NEVER_PASSED = frozenset({b"content-type", b"content-length", b"proxy"})
+# Headers that never become HTTP_* variables: the body's own headers are
+# CONTENT_TYPE and CONTENT_LENGTH already, and the script reads a body
+# already de-chunked; "Proxy" would set HTTP_PROXY, which many HTTP
+# clients read as their proxy (httpoxy, CVE-2016-5385).
+_NEVER_PASSED = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"proxy"})
 
 
 @dataclass(frozen=True)

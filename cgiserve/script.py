@@ -158,8 +158,8 @@ class ResponseWriter:
                 request.responseHeaders.removeHeader(name)
         if status == 503:
             request.setHeader(b"Retry-After", RETRY_AFTER_SECONDS)
-        request.write(error_page(status).render(request))
-        self._finish()
+        self._end_upload()
+        error_page(status).render(request)
 
     def _unregister(self) -> None:
         if self.producer is not None:
@@ -167,14 +167,17 @@ class ResponseWriter:
             self.request.unregisterProducer()
 
     def _finish(self) -> None:
+        self._end_upload()
+        self.request.finish()
+
+    def _end_upload(self) -> None:
+        """Before the response ends: close the connection after it if the upload is still coming."""
         body = self.request.streamed_body
         if body is not None and not body.complete:
-            # The rest of the upload is still on its way and nobody will
-            # read it: end the response and then the connection.
+            # Nobody will read the rest of the upload.
             self.request.channel.persistent = False
             if not self.request.startedWriting:
                 self.request.setHeader(b"Connection", b"close")
-        self.request.finish()
 
     def _abort(self) -> None:
         """Cut the connection so the client sees a truncated response, never a clean end."""
@@ -215,8 +218,7 @@ def redirect_locally(request, location: bytes, script: str) -> None:
             request_id=request.request_id,
             limit=MAX_LOCAL_REDIRECTS,
         )
-        request.write(error_page(502).render(request))
-        request.finish()
+        error_page(502).render(request)
         return
     path, _, query = location.partition(b"?")
     request.uri = location
