@@ -95,6 +95,10 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def connectionMade(self) -> None:
         self.pgid = self.transport.pid
+        if self.stopped_because is not None:
+            # Stopped while it was being started.
+            self._kill()
+            return
         self._started_at = self.clock.seconds()
         if self.timeout:
             self._timeout_call = self.clock.callLater(self.timeout, self.stop, "timeout")
@@ -232,7 +236,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         it was stopped ("timeout", "client gone", "shutdown", "bad output")
         is logged with its exit.
         """
-        if self.stopped_because is not None or self.pgid is None or self.ended:
+        if self.stopped_because is not None or self.ended:
             return
         self.stopped_because = why
         if self._timeout_call is not None and self._timeout_call.active():
@@ -245,10 +249,22 @@ class ScriptProtocol(protocol.ProcessProtocol):
             self.failed = True
             if why in _ANSWERS:
                 self.sink.script_failed(_ANSWERS[why], why)
+        if self.pgid is not None:
+            self._kill()
+
+    def _kill(self) -> None:
         self._signal(signal.SIGTERM)
         # Even when the script itself exits on SIGTERM, what it started may
         # not: the group gets SIGKILL after the grace period regardless.
         self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
+
+    def spawn_failed(self, failure) -> None:
+        """The script could not be started (no such file, no permission, a bad shebang...)."""
+        failure.trap(OSError)
+        self.ended = True
+        if not self.failed:
+            self.fail(502, f"could not be executed: {failure.value.strerror}")
+        self.done.callback(None)
 
     def _signal(self, signum: int) -> None:
         try:

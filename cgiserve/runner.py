@@ -46,11 +46,15 @@ class ScriptRunner(service.Service):
         self.active: set = set()
         self.stopping = False
 
-    def start(self, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str) -> defer.Deferred:
+    def start(
+        self, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str, stdin: bool = True
+    ) -> defer.Deferred:
         """
-        Run a script once a slot is free: a Deferred that fires when it has
-        started, or fails with L{Busy}, or with C{OSError} when it cannot be
-        executed. Cancel it to give up a place in the queue.
+        Start a script once a slot is free: a Deferred that fires with the
+        protocol when it is being started, or fails with L{Busy}. Cancel it to give up a
+        place in the queue. From then on the protocol owns the run: it
+        hears whether the script could be executed (C{spawn_failed}) and
+        its C{done} frees the slot.
         """
         if self.stopping:
             return defer.fail(Busy("the server is shutting down"))
@@ -67,13 +71,10 @@ class ScriptRunner(service.Service):
             raise Busy("left the queue (client gone or server stopping)")
 
         def spawn(_):
-            try:
-                self.spawner(self.reactor, protocol, executable, argv, env, cwd)
-            except Exception:
-                self.slots.release()
-                raise
             self.active.add(protocol)
             protocol.done.addBoth(self._ended, protocol)
+            spawning = defer.maybeDeferred(self.spawner, self.reactor, protocol, executable, argv, env, cwd, stdin)
+            spawning.addErrback(protocol.spawn_failed)
             return protocol
 
         return waiting.addCallbacks(spawn, not_started)

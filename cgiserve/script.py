@@ -297,19 +297,18 @@ class CGIScript(resource.Resource):
         )
         # The access log waits for this run to end before writing the request's line.
         request.script_run = protocol
-        started = self.runner.start(protocol, self.interpreter or self.path, argv, env, os.path.dirname(self.path))
+        started = self.runner.start(
+            protocol, self.interpreter or self.path, argv, env, os.path.dirname(self.path), stdin=body is not None
+        )
         started.addErrback(self._not_started, request, writer)
         request.notifyFinish().addErrback(lambda _: (started.cancel(), protocol.stop("client gone")))
         return server.NOT_DONE_YET
 
     def _not_started(self, failure, request, writer: ResponseWriter) -> None:
-        if failure.check(Busy):
-            status, reason = 503, f"not run: {failure.value}"
-        else:
-            failure.trap(OSError)
-            status, reason = 502, f"could not be executed: {failure.value.strerror}"
+        failure.trap(Busy)
+        reason = f"not run: {failure.value}"
         self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)
-        writer.script_failed(status, reason)
+        writer.script_failed(503, reason)
 
     def _fail(self, request, status: int, reason: str) -> bytes:
         self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)

@@ -7,7 +7,8 @@ import ctypes
 import os
 import platform
 
-from twisted.internet import process
+from twisted.internet import defer, process, threads
+from twisted.internet._baseprocess import BaseProcess
 
 # glibc's <spawn.h> flags (stable ABI since glibc 2.26 added SETSID).
 _POSIX_SPAWN_SETSIGDEF = 0x04
@@ -97,39 +98,115 @@ def posix_spawn(
 
 class ScriptProcess(process.Process):
     """
-    A child process that leads its own session and process group, so that
-    a timeout or a vanished client can stop everything the script started.
+    The transport of a script started by L{posix_spawn} (in a thread, see
+    L{spawn_script}): Twisted's C{Process} wired to pipes that already exist.
 
-    Twisted's C{Process} forks the whole server whenever the child needs a
-    working directory of its own, as every CGI script does; this one uses
-    glibc's posix_spawn with a chdir action instead, and falls back to
-    Twisted's fork (adding C{setsid}) where that is unavailable.
+    C{pipes} maps the child's descriptor to the parent's end of its pipe
+    and whether the parent reads ("r") or writes ("w") it.
     """
 
-    def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):
-        fdmap = kwargs["fdmap"]
-        if _libc is None or uid is not None or gid is not None or min(fdmap.values()) < len(fdmap):
-            # A pipe end sitting on a stdio number (a server started with
-            # stdio closed) needs Twisted's general fd shuffling.
-            return False
-        self.pid = posix_spawn(
-            os.fsencode(executable),
-            [os.fsencode(arg) for arg in args],
-            [os.fsencode(f"{name}={value}") for name, value in environment.items()],
-            fdmap,
-            os.fsencode(path),
-        )
-        self.status = -1
-        return True
+    def __init__(self, reactor, pid: int, protocol, pipes: dict[int, tuple[int, str]]) -> None:
+        BaseProcess.__init__(self, protocol)
+        self._reactor = reactor
+        self.pid = pid
+        self.pipes = {}
+        for child, (parent, direction) in pipes.items():
+            if direction == "r":
+                self.pipes[child] = self.processReaderFactory(reactor, self, child, parent)
+            else:
+                self.pipes[child] = self.processWriterFactory(reactor, self, child, parent, forceReadHack=True)
+        protocol.makeConnection(self)
+        process.registerReapProcessHandler(pid, self)
+
+
+class ForkedScriptProcess(process.Process):
+    """
+    Where glibc's posix_spawn extensions are missing: Twisted's fork and
+    exec, plus C{setsid} so the script still leads its own process group.
+    """
+
+    def _trySpawnInsteadOfFork(self, *args):
+        return False
 
     def _setupChild(self, *args, **kwargs):
         os.setsid()
         super()._setupChild(*args, **kwargs)
 
 
-def spawn_script(reactor, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str):
+def _devnull() -> int:
+    """A descriptor on /dev/null for scripts without a body, opened once."""
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull_fd
+
+
+_devnull_fd: int | None = None
+
+
+def spawn_script(
+    reactor, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str, stdin: bool = True
+) -> defer.Deferred:
     """
-    Start a script with C{protocol} on stdin, stdout and stderr; the
-    signature of C{reactor.spawnProcess}, so a test can stand in one.
+    Start a script in its own session and directory, connected to
+    C{protocol}: a Deferred that fires with its transport, or fails with
+    C{OSError} when it cannot be executed. Without C{stdin} the script
+    reads /dev/null.
+
+    posix_spawn returns only once the child has exec'd; under load that
+    waits for the scheduler to run the child, so it runs in the reactor's
+    thread pool (ctypes releases the GIL) while the reactor goes on serving.
     """
-    return ScriptProcess(reactor, executable, argv, env, cwd, protocol)
+    if _libc is None:
+        return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
+    parent_ends: dict[int, tuple[int, str]] = {}
+    child_ends: dict[int, int] = {}
+    try:
+        if stdin:
+            child_ends[0], write_end = os.pipe()
+            parent_ends[0] = (write_end, "w")
+        else:
+            child_ends[0] = _devnull()
+        for child in (1, 2):
+            read_end, child_ends[child] = os.pipe()
+            parent_ends[child] = (read_end, "r")
+    except OSError:
+        _close([fd for fd, _ in parent_ends.values()] + [fd for child, fd in child_ends.items() if child or stdin])
+        raise
+    if min(child_ends.values()) < len(child_ends):
+        # A pipe end on a stdio number (the server was started with stdio
+        # closed) needs Twisted's general descriptor shuffling.
+        _close([fd for fd, _ in parent_ends.values()] + [fd for child, fd in child_ends.items() if child or stdin])
+        return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
+
+    def spawned(pid):
+        return ScriptProcess(reactor, pid, protocol, parent_ends)
+
+    def failed(failure):
+        _close([fd for fd, _ in parent_ends.values()])
+        return failure
+
+    def close_child_ends(result):
+        _close([fd for child, fd in child_ends.items() if child or stdin])
+        return result
+
+    arguments = (
+        os.fsencode(executable),
+        argv,
+        [os.fsencode(f"{name}={value}") for name, value in env.items()],
+        child_ends,
+        os.fsencode(cwd),
+    )
+    started = threads.deferToThreadPool(reactor, reactor.getThreadPool(), posix_spawn, *arguments)
+    return started.addBoth(close_child_ends).addCallbacks(spawned, failed)
+
+
+def spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin) -> defer.Deferred:
+    """L{spawn_script} by fork and exec, where posix_spawn cannot do it."""
+    child_fds = {0: "w" if stdin else _devnull(), 1: "r", 2: "r"}
+    return defer.maybeDeferred(ForkedScriptProcess, reactor, executable, argv, env, cwd, protocol, None, None, child_fds)
+
+
+def _close(fds) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -532,12 +532,16 @@ class StopTests(ScriptProtocolTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertIsNone(self.protocol.stopped_because)
 
-    def test_stop_before_start_does_nothing(self):
-        """Stopping a protocol whose process never started (it was still queued) signals nothing."""
+    def test_stop_before_start_kills_once_started(self):
+        """A protocol stopped while its process was being started signals nothing until it starts, then stops it."""
         self.connect(connect=False)
         self.protocol.stop("client gone")
         self.assertEqual(self.kills, [])
-        self.assertIsNone(self.protocol.stopped_because)
+        self.assertEqual(self.protocol.stopped_because, "client gone")
+        self.protocol.makeConnection(self.transport)
+        self.assertEqual(self.kills, [(PID, signal.SIGTERM)])
+        self.clock.advance(KILL_GRACE)
+        self.assertEqual(self.kills, [(PID, signal.SIGTERM), (PID, signal.SIGKILL)])
 
     def test_shutdown_answers_503(self):
         """stop('shutdown') answers 503 and terminates the group."""
@@ -560,3 +564,16 @@ class StopTests(ScriptProtocolTestCase):
         self.protocol.stop("client gone")
         self.clock.advance(KILL_GRACE)
         self.assertEqual([call for call in self.transport.calls if call != "closeStdin"], [])
+
+
+class SpawnFailedTests(ScriptProtocolTestCase):
+    """A script that could not be executed at all."""
+
+    def test_spawn_failed_answers_502_and_ends_the_run(self):
+        """An OSError from the spawner answers 502, logs the reason and fires done, without signalling."""
+        self.connect(connect=False)
+        self.protocol.spawn_failed(Failure(OSError(errno.EACCES, "Permission denied")))
+        self.assertEqual(self.sink.calls, [("failed", 502, "could not be executed: Permission denied")])
+        self.assertEqual(self.kills, [])
+        self.assertIsNone(self.successResultOf(self.protocol.done))
+        self.assertEqual(len(self.warnings_about("could not be executed: Permission denied")), 1)

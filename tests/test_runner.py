@@ -26,9 +26,15 @@ class FakeScript:
         self.name = name
         self.done: Deferred = Deferred()
         self.stops: list[str] = []
+        self.spawn_failures: list[OSError] = []
 
     def stop(self, why: str) -> None:
         self.stops.append(why)
+
+    def spawn_failed(self, failure) -> None:
+        """Like ScriptProtocol: the run is over when the script cannot be executed."""
+        self.spawn_failures.append(failure.value)
+        self.done.callback(None)
 
     def end(self) -> None:
         """The script's process ends."""
@@ -45,7 +51,7 @@ class FakeSpawner:
         self.calls: list[tuple] = []
         self.errors: dict[FakeScript, OSError] = {}
 
-    def __call__(self, reactor, protocol, executable, argv, env, cwd):
+    def __call__(self, reactor, protocol, executable, argv, env, cwd, stdin):
         if protocol in self.errors:
             raise self.errors[protocol]
         self.calls.append((reactor, protocol, executable, argv, env, cwd))
@@ -240,13 +246,13 @@ class QueueTests(ScriptRunnerTestCase):
 class SpawnFailureTests(ScriptRunnerTestCase):
     """A script that cannot be executed."""
 
-    def test_spawn_error_fails_the_start(self):
-        """An OSError from the spawner fails the start with that OSError."""
+    def test_spawn_error_goes_to_the_protocol(self):
+        """An OSError from the spawner goes to the protocol's spawn_failed, which ends the run."""
         self.make_runner()
         s0 = self.scripts[0]
         self.spawner.errors[s0] = OSError(errno.ENOEXEC, "Exec format error")
-        failure = self.failureResultOf(self.start(s0), OSError)
-        self.assertEqual(failure.value.errno, errno.ENOEXEC)
+        self.assertIs(self.successResultOf(self.start(s0)), s0)
+        self.assertEqual([e.errno for e in s0.spawn_failures], [errno.ENOEXEC])
         self.assertEqual(self.runner.active, set())
 
     def test_spawn_error_releases_the_slot(self):
@@ -254,8 +260,9 @@ class SpawnFailureTests(ScriptRunnerTestCase):
         self.make_runner(max_scripts=1, max_queue=0)
         s0, s1 = self.scripts[:2]
         self.spawner.errors[s0] = OSError(errno.EACCES, "Permission denied")
-        self.failureResultOf(self.start(s0), OSError)
+        self.start(s0)
         self.assertIs(self.successResultOf(self.start(s1)), s1)
+        self.assertEqual(self.spawner.spawned(), [s1])
 
     def test_spawn_error_of_queued_request_passes_the_slot_on(self):
         """When a queued script fails to spawn, the slot goes on to the request behind it."""
@@ -266,7 +273,8 @@ class SpawnFailureTests(ScriptRunnerTestCase):
         failing = self.start(s1)
         behind = self.start(s2)
         s0.end()
-        self.failureResultOf(failing, OSError)
+        self.successResultOf(failing)
+        self.assertEqual([e.errno for e in s1.spawn_failures], [errno.ENOENT])
         self.assertIs(self.successResultOf(behind), s2)
 
 
