@@ -35,7 +35,8 @@ class ServerConfig:
     C{root} is the document root's real path; C{hidden} holds real paths
     the server writes itself (pid and log files), never to be served;
     C{interpreters} maps a file extension to the absolute path of the
-    program that runs such files.
+    program that runs such files; C{cgi_dirs}, when not empty, holds the
+    real paths of the only directories whose files run as scripts.
     """
 
     root: str
@@ -58,3 +59,8 @@ class ServerConfig:
     # Apache's RequestReadTimeout gives headers 20 s to start arriving.
     header_timeout: float = 20.0
     shutdown_grace: float = 10.0
+    cgi_dirs: tuple[str, ...] = ()
+
+    def may_run(self, path: str) -> bool:
+        """Whether the file at this real path may run as a script (--cgi-dir, like Apache's ScriptAlias)."""
+        return not self.cgi_dirs or any(path.startswith(directory + os.sep) for directory in self.cgi_dirs)

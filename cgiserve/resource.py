@@ -9,7 +9,6 @@ import stat
 from twisted.logger import Logger
 from twisted.python import filepath
 from twisted.web import pages, static
-from twisted.web.error import UnsupportedMethod
 
 from cgiserve.config import ServerConfig
 from cgiserve.script import CGIScript
@@ -22,12 +21,18 @@ _STATIC_METHODS = (b"GET", b"HEAD")
 _SCRIPT_EXTENSIONS = frozenset({".py", ".cgi", ".sh", ".pl", ".php", ".rb"})
 
 
+def method_not_allowed(request):
+    """405 for any method but GET and HEAD (Twisted itself answers 501 for methods it does not know)."""
+    request.setHeader(b"Allow", b"GET, HEAD")
+    return pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.").render(request)
+
+
 class Listing(static.DirectoryLister):
     """A directory listing, for GET and HEAD only."""
 
     def render(self, request):
         if request.method not in _STATIC_METHODS:
-            raise UnsupportedMethod(_STATIC_METHODS)
+            return method_not_allowed(request)
         return super().render(request)
 
 
@@ -94,7 +99,7 @@ class DocumentRoot(static.File):
         if not stat.S_ISREG(mode):
             return self.childNotFound
         interpreter = self.config.interpreters.get(os.path.splitext(path)[1])
-        if interpreter is not None or os.access(path, os.X_OK):
+        if (interpreter is not None or os.access(path, os.X_OK)) and self.config.may_run(path):
             return CGIScript(path, self.config, interpreter, self.runner)
         return self.createSimilarFile(path)
 
@@ -116,13 +121,13 @@ class DocumentRoot(static.File):
         return Listing(self.path, self.listNames(), self.contentTypes, self.contentEncodings, self.defaultType)
 
     def render(self, request):
-        if request.method not in _STATIC_METHODS and self.isfile():
-            if os.path.splitext(self.path)[1] in _SCRIPT_EXTENSIONS:
-                self._log.info(
-                    "[{request_id}] {method} to {path}, which is not executable: "
-                    "chmod +x it to run it as a script",
-                    request_id=request.request_id,
-                    method=request.method.decode("ascii", "replace"),
-                    path=self.path,
-                )
-        return super().render(request)
+        if request.method in _STATIC_METHODS:
+            return super().render(request)
+        if self.isfile() and os.path.splitext(self.path)[1] in _SCRIPT_EXTENSIONS:
+            self._log.info(
+                "[{request_id}] {method} to {path}, which is not executable: chmod +x it to run it as a script",
+                request_id=request.request_id,
+                method=request.method.decode("ascii", "replace"),
+                path=self.path,
+            )
+        return method_not_allowed(request)

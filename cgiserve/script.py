@@ -31,7 +31,8 @@ def _text(value: bytes) -> str:
 
 def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
     """The plain facts of a Twisted request that a script's environment is made of."""
-    ends = connection_ends(request.getClientAddress(), request.getHost(), request.getHeader(b"host"), request.isSecure())
+    host_header = request.getHeader(b"host")
+    ends = connection_ends(request.getClientAddress(), request.getHost(), host_header, request.isSecure())
     content_length = None
     if request.streamed_body is not None:
         content_length = _declared_length(request)

@@ -186,12 +186,22 @@ class Site(server.Site):
     requestFactory = Request
     protocol = _channel
     _log = Logger()
+    # An AccessLog (--access-log), or None for Twisted's own access lines.
+    access_log = None
 
     def __init__(self, resource, config: ServerConfig, reactor=None):
         super().__init__(resource, timeout=config.idle_timeout, reactor=reactor)
         self.config = config
 
+    def log(self, request):
+        if self.access_log is None:
+            super().log(request)
+        else:
+            self.access_log.request_ended(request)
+
     def getResourceFor(self, request):
+        if self.access_log is not None:
+            self.access_log.watch(request)
         # Request.process has just set Twisted's own Server header.
         request.setHeader(b"Server", _SERVER)
         request.setHeader(b"X-Request-Id", request.request_id.encode("ascii"))

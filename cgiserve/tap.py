@@ -11,8 +11,12 @@ from twisted.internet import endpoints
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
+from cgiserve.accesslog import FORMATS, STDOUT, AccessLog
+from cgiserve.auth import BasicAuthGuard, HtpasswdChecker
 from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, MiB, ServerConfig, default_max_scripts
 from cgiserve.environ import EnvironSettings
+from cgiserve.paths import BadPath, path_segments
+from cgiserve.privileges import RootWarning
 from cgiserve.resource import DocumentRoot
 from cgiserve.runner import ScriptRunner
 from cgiserve.site import Site
@@ -32,6 +36,16 @@ def _seconds(value: str) -> float:
 
 
 _seconds.coerceDoc = "Seconds, 0 or more."
+
+
+def _positive_seconds(value: str) -> float:
+    seconds = _seconds(value)
+    if not seconds:
+        raise ValueError("a number of seconds, more than 0")
+    return seconds
+
+
+_positive_seconds.coerceDoc = "Seconds, more than 0."
 
 
 def _count(value: str) -> int:
@@ -54,6 +68,72 @@ def _size(value: str) -> int:
 _size.coerceDoc = "Bytes, 0 or more."
 
 
+def _log_format(value: str) -> str:
+    if value not in FORMATS:
+        raise ValueError(" or ".join(FORMATS))
+    return value
+
+
+_log_format.coerceDoc = "One of: " + ", ".join(FORMATS) + "."
+
+
+def _access_log(path: str) -> str:
+    """The access log's absolute path, or C{-}, if twistd will be able to open it."""
+    if path == STDOUT:
+        return path
+    path = os.path.abspath(path)
+    if os.path.isdir(path) or not os.access(os.path.dirname(path), os.W_OK):
+        raise usage.UsageError(f"--access-log {path}: not a file in a writable directory")
+    return path
+
+
+def _htpasswd(path: str) -> str:
+    """The htpasswd file's real path, if bcrypt is installed and the file can be read."""
+    try:
+        import bcrypt  # noqa: F401
+    except ImportError:
+        raise usage.UsageError("--htpasswd needs the bcrypt package: pip install 'cgiserve[auth]'") from None
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as e:
+        raise usage.UsageError(f"--htpasswd {path}: {e.strerror}") from None
+    return os.path.realpath(path)
+
+
+def _auth_prefix(prefix: str) -> list[bytes]:
+    """The normalised segments of an --auth-path, without a trailing empty one."""
+    try:
+        segments = path_segments(prefix.encode("utf-8"))
+    except BadPath as e:
+        raise usage.UsageError(f"--auth-path {prefix!r}: {e}") from None
+    return segments[:-1] if segments[-1] == b"" else segments
+
+
+def _cgi_dir(root: str, name: str) -> str:
+    """The real path of a --cgi-dir, which must be a directory under the root (or the root)."""
+    path = os.path.realpath(os.path.join(root, name.lstrip("/")))
+    if not os.path.isdir(path) or not (path == root or path.startswith(root + os.sep)):
+        raise usage.UsageError(f"--cgi-dir {name}: not a directory under the root {root}")
+    return path
+
+
+def _check_endpoint(description: str) -> None:
+    """Refuse an endpoint description that could not listen, before twistd tries."""
+    try:
+        endpoint = endpoints.serverFromString(MemoryReactor(), description)
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise usage.UsageError(f"--listen {description}: {e}") from None
+    except IndexError:
+        # systemd:...:index=N, with fewer sockets passed (LISTEN_FDS), as when not started by systemd.
+        raise usage.UsageError(f"--listen {description}: systemd passed no such socket") from None
+    # haproxy: and similar wrappers keep the real endpoint inside.
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
+    port = getattr(endpoint, "_port", 0)
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"--listen {description}: port {port} is not between 0 and 65535")
+
+
 def _pair(value: str, separator: str, what: str) -> tuple[str, str]:
     name, found, rest = value.partition(separator)
     if not found or not name:
@@ -71,14 +151,18 @@ class Options(usage.Options):
         ["root", "r", ".", "Directory to serve."],
         ["timeout", None, 60.0, "Stop a script still running after this many seconds (0: never).", _seconds],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a script is stopped.", _seconds],
-        ["max-scripts", None, None, "Scripts running at once; by default 8 per CPU core.", _count],
+        ["max-scripts", None, None, "Scripts running at once (default: 8 per CPU core)", _count],
         ["max-queue", None, 128, "Requests that may wait for a script slot; more get 503.", _count],
-        ["queue-timeout", None, 30.0, "Seconds a request may wait for a script slot before 503.", _seconds],
+        ["queue-timeout", None, 30.0, "Seconds a request may wait for a script slot before 503 (0: no limit).", _seconds],
         ["max-body", None, 100 * MiB, "Largest request body in bytes (0: no limit); larger gets 413.", _size],
         ["max-stderr", None, 64 * 1024, "Bytes of a script's stderr logged per request.", _size],
-        ["idle-timeout", None, 60.0, "Close a keep-alive connection idle for this many seconds.", _seconds],
-        ["header-timeout", None, 20.0, "Close a connection whose request headers take longer than this.", _seconds],
+        ["idle-timeout", None, 60.0, "Close a keep-alive connection idle for this many seconds.", _positive_seconds],
+        ["header-timeout", None, 20.0, "Close a connection whose request headers take longer than this.", _positive_seconds],
         ["shutdown-grace", None, 10.0, "On shutdown, seconds running scripts get before they are stopped.", _seconds],
+        ["access-log", None, None, "Write one line per request to this file ('-': standard output)."],
+        ["access-log-format", None, "combined", "Apache's combined, or json with script details.", _log_format],
+        ["htpasswd", None, None, "Require HTTP Basic authentication with this htpasswd file (bcrypt entries)."],
+        ["auth-realm", None, "cgiserve", "The realm that --htpasswd names in its 401 challenge."],
     ]
     optFlags = [
         ["no-listing", None, "Answer 403 for a directory without an index file instead of listing it."],
@@ -94,10 +178,20 @@ class Options(usage.Options):
         self["pass-env"] = []
         self["set-env"] = {}
         self["interpreter"] = {}
+        self["auth-path"] = []
+        self["cgi-dir"] = []
 
     def opt_listen(self, endpoint):
         """Listen on this Twisted endpoint (repeatable; default tcp:8000:interface=127.0.0.1)."""
         self["listen"].append(endpoint)
+
+    def opt_auth_path(self, prefix):
+        """Require --htpasswd authentication only under this URL path (repeatable; default: everywhere)."""
+        self["auth-path"].append(prefix)
+
+    def opt_cgi_dir(self, directory):
+        """Run scripts only from this directory under the root, like Apache's ScriptAlias (repeatable)."""
+        self["cgi-dir"].append(directory)
 
     def opt_index(self, name):
         """File name to serve for a directory (repeatable; default index.html, index.htm)."""
@@ -130,18 +224,25 @@ class Options(usage.Options):
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
-            try:
-                endpoints.serverFromString(MemoryReactor(), description)
-            except (ValueError, KeyError, TypeError) as e:
-                raise usage.UsageError(f"--listen {description}: {e}") from None
+            _check_endpoint(description)
         for name in self["index"]:
             if not name or "/" in name or name.startswith("."):
                 raise usage.UsageError(f"--index {name!r}: not a plain file name")
+        if self["access-log"] is not None:
+            self["access-log"] = _access_log(self["access-log"])
+        if self["htpasswd"] is not None:
+            self["htpasswd"] = _htpasswd(self["htpasswd"])
+        elif self["auth-path"]:
+            raise usage.UsageError("--auth-path needs --htpasswd")
+        self["auth-path"] = [_auth_prefix(prefix) for prefix in self["auth-path"]]
+        self["cgi-dir"] = tuple(_cgi_dir(root, name) for name in self["cgi-dir"])
 
     def config(self) -> ServerConfig:
         """The server configuration these options describe."""
         inherited = {name: os.environ[name] for name in self["pass-env"] if name in os.environ}
         cwd = os.getcwd()
+        # Never served either: the access log and the password file.
+        own_files = [self[name] for name in ("access-log", "htpasswd") if self[name] not in (None, STDOUT)]
         return ServerConfig(
             root=self["root"],
             environ=EnvironSettings(
@@ -155,7 +256,7 @@ class Options(usage.Options):
             form_argv=not self["no-form-argv"],
             isindex_argv=bool(self["isindex-argv"]),
             interpreters=dict(self["interpreter"]),
-            hidden=frozenset(os.path.realpath(os.path.join(cwd, name)) for name in _TWISTD_FILES),
+            hidden=frozenset(os.path.realpath(os.path.join(cwd, name)) for name in (*_TWISTD_FILES, *own_files)),
             timeout=self["timeout"],
             kill_grace=self["kill-grace"],
             max_scripts=self["max-scripts"] or default_max_scripts(),
@@ -166,6 +267,7 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             header_timeout=self["header-timeout"],
             shutdown_grace=self["shutdown-grace"],
+            cgi_dirs=self["cgi-dir"],
         )
 
 
@@ -175,7 +277,15 @@ def makeService(options: Options) -> service.MultiService:
     top = service.MultiService()
     runner = ScriptRunner(config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace)
     runner.setServiceParent(top)
-    site = Site(DocumentRoot(config.root, config, runner), config)
+    RootWarning().setServiceParent(top)
+    root = DocumentRoot(config.root, config, runner)
+    if options["htpasswd"]:
+        checker = HtpasswdChecker(options["htpasswd"])
+        root = BasicAuthGuard(root, checker, options["auth-realm"], options["auth-path"])
+    site = Site(root, config)
+    if options["access-log"]:
+        site.access_log = AccessLog(options["access-log"], options["access-log-format"])
+        site.access_log.setServiceParent(top)
     for description in options["listen"]:
         strports.service(description, site).setServiceParent(top)
     return top

@@ -1,0 +1,288 @@
+# -*- test-case-name: tests.test_accesslog -*-
+"""The access log: one line per request, in Combined Log Format or JSON, written once its script has ended."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from twisted.application import service
+from twisted.logger import Logger
+from twisted.web.http import datetimeToLogString
+
+from cgiserve.addresses import client_end
+
+COMBINED = "combined"
+JSON = "json"
+FORMATS = (COMBINED, JSON)
+
+STDOUT = "-"
+
+# nginx's status for a request whose client left before the response
+# began; log analysers know it.
+CLIENT_CLOSED = 499
+
+
+@dataclass(frozen=True)
+class Entry:
+    """
+    What the access log says about one request, as plain values.
+
+    C{started} is when the server began handling it (seconds since the
+    epoch) and C{seconds} how long that took; byte counts are of bodies.
+    The script fields stay C{None} for a request that ran no script.
+    """
+
+    started: float
+    seconds: float
+    request_id: str
+    remote_addr: str
+    remote_user: str | None
+    method: bytes
+    uri: bytes
+    protocol: bytes
+    status: int
+    bytes_in: int
+    bytes_out: int
+    host: bytes | None
+    referer: bytes | None
+    user_agent: bytes | None
+    completed: bool = True
+    script: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    script_seconds: float | None = None
+    stopped: str | None = None
+
+
+def _escape(value: bytes) -> str:
+    """Apache's escaping for a log field: printable ASCII as is, except C{"} and C{\\}; the rest as C{\\xhh}."""
+    out = []
+    for byte in value:
+        if byte in (0x22, 0x5C):
+            out.append("\\" + chr(byte))
+        elif 0x20 <= byte < 0x7F:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "backslashreplace")
+
+
+def combined_line(entry: Entry) -> str:
+    """
+    The entry in Apache's Combined Log Format:
+    C{host - user [time] "request line" status bytes "referer" "user-agent"}.
+    """
+    user = _escape(entry.remote_user.encode("utf-8", "surrogateescape")) if entry.remote_user else "-"
+    request_line = _escape(b" ".join((entry.method, entry.uri, entry.protocol)))
+    return '{host} - {user} {time} "{request}" {status} {size} "{referer}" "{agent}"'.format(
+        host=entry.remote_addr or "-",
+        user=user,
+        time=datetimeToLogString(entry.started),
+        request=request_line,
+        status=entry.status,
+        size=entry.bytes_out or "-",
+        referer=_escape(entry.referer) if entry.referer is not None else "-",
+        agent=_escape(entry.user_agent) if entry.user_agent is not None else "-",
+    )
+
+
+def json_line(entry: Entry) -> str:
+    """The entry as one JSON object on one line; bytes that are not UTF-8 appear as C{\\xhh}."""
+    record = {
+        "time": datetime.fromtimestamp(entry.started, timezone.utc).isoformat(timespec="milliseconds"),
+        "request_id": entry.request_id,
+        "remote_addr": entry.remote_addr,
+        "remote_user": entry.remote_user,
+        "method": _text(entry.method),
+        "uri": _text(entry.uri),
+        "protocol": _text(entry.protocol),
+        "host": _text(entry.host),
+        "status": entry.status,
+        "bytes_in": entry.bytes_in,
+        "bytes_out": entry.bytes_out,
+        "seconds": round(entry.seconds, 6),
+        "completed": entry.completed,
+        "referer": _text(entry.referer),
+        "user_agent": _text(entry.user_agent),
+        "script": entry.script,
+        "exit_code": entry.exit_code,
+        "signal": entry.signal,
+        "script_seconds": None if entry.script_seconds is None else round(entry.script_seconds, 6),
+        "stopped": entry.stopped,
+    }
+    return json.dumps(record, separators=(",", ":"))
+
+
+_FORMATTERS = {COMBINED: combined_line, JSON: json_line}
+
+
+def request_entry(request, started: float, now: float, completed: bool) -> Entry:
+    """The entry for a Twisted request that has finished (or lost its client) at C{now}."""
+    body = request.streamed_body
+    # site.Request counts every byte of a body it stores.
+    bytes_in = body.received if body is not None else getattr(request, "_body_received", 0)
+    status = request.code if completed or request.startedWriting else CLIENT_CLOSED
+    return Entry(
+        started=started,
+        seconds=max(now - started, 0.0),
+        request_id=request.request_id,
+        remote_addr=client_end(request.getClientAddress())[0],
+        remote_user=getattr(request, "remote_user", None),
+        method=request.method or b"-",
+        uri=request.uri or b"-",
+        protocol=request.clientproto or b"-",
+        status=status,
+        bytes_in=bytes_in,
+        bytes_out=request.sentLength,
+        host=request.getHeader(b"host"),
+        referer=request.getHeader(b"referer"),
+        user_agent=request.getHeader(b"user-agent"),
+        completed=completed,
+    )
+
+
+def with_script(entry: Entry, run, status) -> Entry:
+    """
+    The entry completed with how its script run (a L{ScriptProtocol})
+    ended; C{status} is the C{ProcessDone} or C{ProcessTerminated} it ended with.
+    """
+    return dataclasses.replace(
+        entry,
+        script=run.script,
+        exit_code=getattr(status, "exitCode", None),
+        signal=getattr(status, "signal", None),
+        script_seconds=run.run_seconds,
+        stopped=run.stopped_because,
+    )
+
+
+class AccessLog(service.Service):
+    """
+    Writes one line per request to a file (C{-}: standard output).
+
+    L{watch} starts timing a request; the line is written when the
+    response has finished or the client has gone, and when the request ran
+    a script, not before that script has ended, so that the line can say
+    how it ended. The file is opened before twistd gives up root (so it
+    may live where only root can write), reopened when log rotation has
+    moved or removed it, and closed only after the reactor has shut down,
+    once the last requests cut short by the shutdown are logged.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str, log_format: str = COMBINED, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.path = path
+        self.format = _FORMATTERS[log_format]
+        self.reactor = reactor
+        self.file = None
+        self._identity = None
+        self._troubled = False
+        self._waiting = 0
+        self._closing = False
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._open()
+        self.reactor.addSystemEventTrigger("after", "shutdown", self.close)
+
+    def _open(self) -> None:
+        if self.path == STDOUT:
+            # fd 1 itself: twistd sends sys.stdout to its own log.
+            self.file = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+            return
+        self.file = open(self.path, "a", buffering=1, encoding="utf-8")
+        stat = os.fstat(self.file.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def close(self) -> None:
+        """Close the file once no line waits for its script; lines after that are dropped."""
+        self._closing = True
+        if self.file is not None and not self._waiting:
+            file, self.file = self.file, None
+            try:
+                file.close()
+            except OSError as e:  # the last lines could not be written
+                self._trouble("close", e)
+
+    def _reopen_if_moved(self) -> None:
+        """Follow log rotation: reopen the path if the file we hold is no longer there."""
+        try:
+            stat = os.stat(self.path)
+            if (stat.st_dev, stat.st_ino) == self._identity:
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            replacement = open(self.path, "a", buffering=1, encoding="utf-8")
+        except OSError as e:
+            self._trouble("reopen", e)
+            return
+        self.file.close()
+        self.file = replacement
+        stat = os.fstat(replacement.fileno())
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def write(self, entry: Entry) -> None:
+        """Write one entry as a line; a full disk costs the line, never the request."""
+        if self.file is None:
+            return
+        if self.path != STDOUT:
+            self._reopen_if_moved()
+        try:
+            self.file.write(self.format(entry) + "\n")
+        except OSError as e:
+            self._trouble("write to", e)
+            return
+        self._troubled = False
+
+    def _trouble(self, what: str, error: OSError) -> None:
+        """Log the first of a run of failures to write the log, not every one."""
+        if not self._troubled:
+            self._log.error("Cannot {what} the access log {path}: {error}", what=what, path=self.path, error=str(error))
+            self._troubled = True
+
+    # -- requests
+
+    def watch(self, request) -> None:
+        """Start timing a request and log it even if its client goes away; calling it again does nothing."""
+        if getattr(request, "access_started", None) is not None:
+            return
+        request.access_started = self.reactor.seconds()
+        request.notifyFinish().addErrback(lambda _: self.request_ended(request, completed=False))
+
+    def request_ended(self, request, completed: bool = True) -> None:
+        """Log a request whose response has finished (or whose client has gone), once its script has ended."""
+        if getattr(request, "access_logged", False):
+            return
+        request.access_logged = True
+        now = self.reactor.seconds()
+        started = getattr(request, "access_started", None) or now
+        entry = request_entry(request, started, now, completed)
+        run = getattr(request, "script_run", None)
+        if run is None or run.pgid is None:
+            # No script, or one that never started (the queue was full).
+            self.write(entry)
+            return
+
+        def ended(status):
+            self._waiting -= 1
+            self.write(with_script(entry, run, status))
+            if self._closing:
+                # The reactor can finish shutting down from within this
+                # script's end, before this line: close after it.
+                self.close()
+            return status
+
+        self._waiting += 1
+        run.done.addBoth(ended)

@@ -1,0 +1,364 @@
+"""End to end: cgiserve on each kind of Twisted endpoint, and what its scripts learn about the connection."""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import write_script
+from tests.http import Connection, build_request, wait_for
+from tests.ops import PYTHON, SYSTEMD_LAUNCHER, OpsServer, free_port, self_signed
+from tests.server import CHECKOUT
+
+DUMP = f"""#!{PYTHON}
+import json, os, sys
+data = sys.stdin.buffer.read()
+sys.stdout.write("Content-Type: application/json\\r\\n\\r\\n")
+sys.stdout.write(json.dumps({{"env": dict(os.environ), "stdin_len": len(data)}}))
+"""
+
+# The variables that describe the connection.
+_ENDS = ("REMOTE_ADDR", "REMOTE_PORT", "SERVER_ADDR", "SERVER_PORT", "SERVER_NAME", "HTTPS", "REQUEST_SCHEME")
+
+
+@pytest.fixture(scope="module")
+def top():
+    top = Path(os.path.realpath(tempfile.mkdtemp(prefix="cgiserve-listen-")))
+    root = top / "root"
+    root.mkdir()
+    write_script(root, "env.py", DUMP)
+    (root / "hello.txt").write_text("hello\n")
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def server(top):
+    """Start a cgiserve on the module's root with the given --listen; stopped after the test."""
+    servers = []
+
+    def start(listen, *options, **kwargs):
+        server = OpsServer(top / "root", *options, listen=listen, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def ends(report: dict) -> dict:
+    """The connection's variables in a dump script's report (absent ones as None)."""
+    return {name: report["env"].get(name) for name in _ENDS}
+
+
+def over(sock: socket.socket, request: bytes) -> tuple[int, dict]:
+    """Send one request on a connected socket and return the status and the dump script's report."""
+    with sock:
+        sock.settimeout(15)
+        sock.sendall(request)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        response.close()
+    return response.status, json.loads(body) if response.status == 200 else body
+
+
+def test_tcp4(server):
+    """Over tcp: (IPv4) scripts see both addresses and ports, and the Host header's name."""
+    cgiserve = server("tcp:0:interface=127.0.0.1")
+    sock = socket.create_connection(("127.0.0.1", cgiserve.port))
+    client_port = sock.getsockname()[1]
+    status, report = over(sock, build_request("GET", "/env.py", port=cgiserve.port))
+    assert status == 200
+    assert ends(report) == {
+        "REMOTE_ADDR": "127.0.0.1",
+        "REMOTE_PORT": str(client_port),
+        "SERVER_ADDR": "127.0.0.1",
+        "SERVER_PORT": str(cgiserve.port),
+        "SERVER_NAME": "127.0.0.1",
+        "HTTPS": None,
+        "REQUEST_SCHEME": "http",
+    }
+
+
+def test_tcp6(server):
+    """Over tcp6: on ::1 scripts see IPv6 addresses, and SERVER_NAME keeps an IPv6 literal's brackets."""
+    cgiserve = server(r"tcp6:0:interface=\:\:1")
+    sock = socket.create_connection(("::1", cgiserve.port))
+    client_port = sock.getsockname()[1]
+    status, report = over(sock, build_request("GET", "/env.py", [("Host", f"[::1]:{cgiserve.port}")]))
+    assert status == 200
+    assert ends(report) == {
+        "REMOTE_ADDR": "::1",
+        "REMOTE_PORT": str(client_port),
+        "SERVER_ADDR": "::1",
+        "SERVER_PORT": str(cgiserve.port),
+        "SERVER_NAME": "[::1]",
+        "HTTPS": None,
+        "REQUEST_SCHEME": "http",
+    }
+
+
+def test_tcp6_without_host_header(server):
+    """Over tcp6, an HTTP/1.0 request without Host gets the server's address, bracketed, as SERVER_NAME."""
+    cgiserve = server(r"tcp6:0:interface=\:\:1")
+    sock = socket.create_connection(("::1", cgiserve.port))
+    status, report = over(sock, build_request("GET", "/env.py", version="HTTP/1.0", host=False))
+    assert status == 200
+    assert report["env"]["SERVER_NAME"] == "[::1]"
+
+
+def test_unix_socket(server, top):
+    """Over unix:, REMOTE_ADDR is 'unix:' (as nginx has it), SERVER_ADDR names the socket, the port comes from Host."""
+    path = top / "cgiserve.sock"
+    cgiserve = server(f"unix:{path}")
+    assert cgiserve.ports == [str(path)]
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    status, report = over(sock, build_request("GET", "/env.py", [("Host", "www.example.test:8080")]))
+    assert status == 200
+    assert ends(report) == {
+        "REMOTE_ADDR": "unix:",
+        "REMOTE_PORT": None,
+        "SERVER_ADDR": f"unix:{path}",
+        "SERVER_PORT": "8080",
+        "SERVER_NAME": "www.example.test",
+        "HTTPS": None,
+        "REQUEST_SCHEME": "http",
+    }
+
+
+def test_unix_socket_without_host_header(server, top):
+    """Over unix:, an HTTP/1.0 request without Host runs its script with SERVER_NAME localhost and port 80."""
+    path = top / "bare.sock"
+    cgiserve = server(f"unix:{path}")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(cgiserve.ports[0]))
+    status, report = over(sock, build_request("GET", "/env.py", version="HTTP/1.0", host=False))
+    assert status == 200
+    assert (report["env"]["SERVER_NAME"], report["env"]["SERVER_PORT"]) == ("localhost", "80")
+
+
+def test_unix_socket_serves_static_files(server, top):
+    """Over unix:, static files and directory redirects work too."""
+    path = top / "static.sock"
+    server(f"unix:{path}")
+    for target, status in (("/hello.txt", 200), ("/", 200)):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(str(path))
+        with sock:
+            sock.sendall(build_request("GET", target, [("Host", "localhost")]))
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            assert response.status == status
+            response.read()
+            response.close()
+
+
+needs_tls = pytest.mark.skipif(importlib.util.find_spec("OpenSSL") is None, reason="needs the tls extra")
+
+
+@pytest.fixture(scope="module")
+def certificate(top):
+    return self_signed(top)
+
+
+@pytest.fixture
+def tls_server(server, certificate, top):
+    key, cert = certificate
+    access_log = top / f"access-{time.monotonic_ns()}.json"
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}"
+    cgiserve = server(listen, "--access-log", str(access_log), "--access-log-format", "json")
+    cgiserve.access_log = access_log
+    return cgiserve
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+@needs_tls
+def test_tls(tls_server):
+    """Over ssl:, scripts see HTTPS=on and REQUEST_SCHEME=https, and HTTP/1.1 still works."""
+    connection = http.client.HTTPSConnection("127.0.0.1", tls_server.port, context=_tls_context(), timeout=15)
+    try:
+        connection.request("POST", "/env.py", body=b"x" * 1000, headers={"Content-Type": "application/octet-stream"})
+        response = connection.getresponse()
+        report = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 200
+    env = report["env"]
+    assert (env["HTTPS"], env["REQUEST_SCHEME"], env["SERVER_PROTOCOL"]) == ("on", "https", "HTTP/1.1")
+    assert env["SERVER_PORT"] == str(tls_server.port)
+    assert report["stdin_len"] == 1000
+
+
+def _curl_speaks_http2() -> bool:
+    curl = shutil.which("curl")
+    if curl is None:
+        return False
+    return "HTTP2" in subprocess.run([curl, "-V"], capture_output=True, text=True).stdout.split()
+
+
+needs_h2_curl = pytest.mark.skipif(
+    not _curl_speaks_http2() or importlib.util.find_spec("h2") is None or importlib.util.find_spec("OpenSSL") is None,
+    reason="needs the http2 extra and curl with HTTP/2",
+)
+
+
+def curl(*args: str) -> tuple[str, dict | bytes]:
+    """Run curl and return the HTTP version it used and the body (parsed, if JSON)."""
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", "--insecure", "--max-time", "15", "--write-out", "\n%{http_version}"]
+        + list(args),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    body, _, version = result.stdout.rpartition(b"\n")
+    try:
+        return version.decode(), json.loads(body)
+    except ValueError:
+        return version.decode(), body
+
+
+@needs_h2_curl
+def test_http2_over_tls(tls_server):
+    """A client that negotiates HTTP/2 over TLS gets it, and scripts see SERVER_PROTOCOL=HTTP/2."""
+    version, report = curl("--http2", f"https://127.0.0.1:{tls_server.port}/env.py")
+    assert version == "2"
+    env = report["env"]
+    assert (env["SERVER_PROTOCOL"], env["HTTPS"], env["REQUEST_SCHEME"]) == ("HTTP/2", "on", "https")
+
+
+@needs_h2_curl
+def test_http2_post_reaches_script(tls_server, top):
+    """A POST over HTTP/2 reaches the script whole, on stdin with its CONTENT_LENGTH."""
+    upload = top / "upload.bin"
+    upload.write_bytes(os.urandom(300_000))
+    version, report = curl(
+        "--http2",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        f"@{upload}",
+        f"https://127.0.0.1:{tls_server.port}/env.py",
+    )
+    assert version == "2"
+    assert report["env"]["REQUEST_METHOD"] == "POST"
+    assert report["env"]["CONTENT_LENGTH"] == "300000"
+    assert report["stdin_len"] == 300_000
+    logged = wait_for(lambda: tls_server.access_log.exists() and tls_server.access_log.read_text())
+    line = json.loads(logged)
+    assert (line["protocol"], line["method"], line["bytes_in"], line["exit_code"]) == ("HTTP/2", "POST", 300_000, 0)
+
+
+@needs_h2_curl
+def test_http2_static_file(tls_server):
+    """Static files are served over HTTP/2 as well."""
+    version, body = curl("--http2", f"https://127.0.0.1:{tls_server.port}/hello.txt")
+    assert (version, body) == ("2", b"hello\n")
+
+
+def test_systemd_socket_activation(server):
+    """With systemd:domain=INET:index=0 the server adopts the listening socket passed as fd 3 (LISTEN_FDS)."""
+    cgiserve = server("systemd:domain=INET:index=0", launcher=[PYTHON, "-c", SYSTEMD_LAUNCHER])
+    with Connection(cgiserve.port) as connection:
+        response = connection.request("GET", "/env.py")
+    assert response.status == 200
+    report = json.loads(response.body)
+    assert ends(report)["SERVER_PORT"] == str(cgiserve.port)
+    assert "LISTEN_FDS" not in report["env"]
+
+
+def test_systemd_without_socket_is_usage_error(top):
+    """Outside systemd (no LISTEN_FDS), a systemd: endpoint stops twistd with one error line, no traceback."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LISTEN_")}
+    env["PYTHONPATH"] = str(CHECKOUT)
+    command = [PYTHON, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "cgiserve"]
+    result = subprocess.run(
+        [*command, "--root", str(top / "root"), "--listen", "systemd:domain=INET:index=0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "--listen systemd:domain=INET:index=0: systemd passed no such socket" in result.stdout + result.stderr
+
+
+# -- behind HAProxy
+
+HAPROXY = shutil.which("haproxy")
+CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
+
+
+@pytest.fixture
+def haproxy(top):
+    """Start haproxy with a copy of contrib/haproxy.cfg whose ports are rewritten; stopped after the test."""
+    if HAPROXY is None:
+        if os.environ.get("CGISERVE_REQUIRE_HAPROXY") == "1":
+            pytest.fail("haproxy is not installed but CGISERVE_REQUIRE_HAPROXY=1")
+        pytest.skip("haproxy is not installed")
+    processes = []
+
+    def start(front: int, backends: list[int]) -> None:
+        config = (CONTRIB / "haproxy.cfg").read_text().replace("127.0.0.1:8080", f"127.0.0.1:{front}")
+        for default, port in zip((8001, 8002), backends):
+            config = config.replace(f"127.0.0.1:{default}", f"127.0.0.1:{port}")
+        path = top / f"haproxy-{front}.cfg"
+        path.write_text(config)
+        process = subprocess.Popen([HAPROXY, "-db", "-f", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        processes.append(process)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert process.poll() is None, process.stdout.read().decode(errors="replace")
+            try:
+                socket.create_connection(("127.0.0.1", front), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("haproxy did not start listening")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_behind_haproxy(server, haproxy):
+    """Two instances on haproxy:tcp: behind contrib/haproxy.cfg both serve, and scripts see the real client."""
+    instances = [
+        server("haproxy:tcp:0:interface=127.0.0.1", "--set-env", f"CGISERVE_INSTANCE={name}") for name in ("one", "two")
+    ]
+    front = free_port()
+    haproxy(front, [instance.port for instance in instances])
+    seen = set()
+    for _ in range(4):
+        sock = socket.create_connection(("127.0.0.1", front))
+        client_port = sock.getsockname()[1]
+        status, report = over(sock, build_request("GET", "/env.py", port=front))
+        assert status == 200
+        env = report["env"]
+        assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("127.0.0.1", str(client_port))
+        # The address the client connected to, as HAProxy reports it.
+        assert env["SERVER_PORT"] == str(front)
+        seen.add(env["CGISERVE_INSTANCE"])
+    assert seen == {"one", "two"}
