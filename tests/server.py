@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +31,10 @@ class Server:
         self.env = env
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
-        self.log_path = self.root.parent / f"cgiserve-{os.getpid()}-{id(self)}.log"
+        # A fresh file each time: a reused name could show an old server's port.
+        fd, name = tempfile.mkstemp(prefix="cgiserve-", suffix=".log", dir=self.root.parent)
+        os.close(fd)
+        self.log_path = Path(name)
 
     @property
     def url(self) -> str:
