@@ -126,9 +126,7 @@ _FORMATTERS = {COMBINED: combined_line, JSON: json_line}
 
 def request_entry(request, started: float, now: float, completed: bool) -> Entry:
     """The entry for a Twisted request that has finished (or lost its client) at C{now}."""
-    body = request.streamed_body
-    # site.Request counts every byte of a body it stores.
-    bytes_in = body.received if body is not None else getattr(request, "_body_received", 0)
+    bytes_in = request.body_received
     status = request.code if completed or request.startedWriting else CLIENT_CLOSED
     return Entry(
         started=started,

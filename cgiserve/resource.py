@@ -124,10 +124,15 @@ class DocumentRoot(static.File):
         if request.method in _STATIC_METHODS:
             return super().render(request)
         if self.isfile() and os.path.splitext(self.path)[1] in _SCRIPT_EXTENSIONS:
+            if not self.config.may_run(self.path):
+                hint = "which is outside every --cgi-dir"
+            else:
+                hint = "which is not executable: chmod +x it to run it as a script"
             self._log.info(
-                "[{request_id}] {method} to {path}, which is not executable: chmod +x it to run it as a script",
+                "[{request_id}] {method} to {path}, {hint}",
                 request_id=request.request_id,
                 method=request.method.decode("ascii", "replace"),
                 path=self.path,
+                hint=hint,
             )
         return method_not_allowed(request)

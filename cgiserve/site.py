@@ -45,7 +45,8 @@ class Request(server.Request):
     local_redirects = 0
     streamed_body: StreamedBody | None = None
     rejected = False
-    _body_received = 0
+    # Bytes of the request body received so far (for the access log).
+    body_received = 0
 
     def process(self):
         if not self.request_id:
@@ -84,12 +85,12 @@ class Request(server.Request):
     def handleContentChunk(self, data):
         if self.rejected:
             return
+        self.body_received += len(data)
         if self.streamed_body is not None:
             self.streamed_body.write(data)
             return
-        self._body_received += len(data)
         max_body = self.channel.site.config.max_body
-        if max_body and self._body_received > max_body:
+        if max_body and self.body_received > max_body:
             self._reject(f"chunked body is over the limit of {max_body} bytes")
             return
         super().handleContentChunk(data)

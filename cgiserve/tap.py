@@ -122,7 +122,7 @@ def _check_endpoint(description: str) -> None:
     """Refuse an endpoint description that could not listen, before twistd tries."""
     try:
         endpoint = endpoints.serverFromString(MemoryReactor(), description)
-    except (ValueError, KeyError, TypeError, OSError) as e:
+    except Exception as e:  # the parsers raise what their libraries raise: OSError, OpenSSL errors...
         raise usage.UsageError(f"--listen {description}: {e}") from None
     except IndexError:
         # systemd:...:index=N, with fewer sockets passed (LISTEN_FDS), as when not started by systemd.

@@ -39,7 +39,6 @@ class StreamedBody:
         self.network = network
         self.process = None
         self.complete = False
-        self.received = 0
         self._pending: list[bytes] = []
         self._paused = False
         self._discarding = False
@@ -50,7 +49,6 @@ class StreamedBody:
 
     def write(self, data: bytes) -> None:
         """Body bytes from the client."""
-        self.received += len(data)
         if self._discarding:
             return
         if self.process is None:

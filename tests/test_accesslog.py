@@ -178,7 +178,6 @@ def test_with_script(status, why, expected):
 class _Request:
     """The parts of a cgiserve request that the access log reads."""
 
-    streamed_body = None
 
     def __init__(self, client=None):
         self.request_id = "feedface"
@@ -186,7 +185,7 @@ class _Request:
         self.code = 200
         self.sentLength = 0
         self.startedWriting = 0
-        self._body_received = 5
+        self.body_received = 5
         self.client = client or IPv4Address("TCP", "192.0.2.7", 50000)
         self.notifications = []
 
