@@ -122,11 +122,11 @@ def _check_endpoint(description: str) -> None:
     """Refuse an endpoint description that could not listen, before twistd tries."""
     try:
         endpoint = endpoints.serverFromString(MemoryReactor(), description)
-    except Exception as e:  # the parsers raise what their libraries raise: OSError, OpenSSL errors...
-        raise usage.UsageError(f"--listen {description}: {e}") from None
     except IndexError:
         # systemd:...:index=N, with fewer sockets passed (LISTEN_FDS), as when not started by systemd.
         raise usage.UsageError(f"--listen {description}: systemd passed no such socket") from None
+    except Exception as e:  # the parsers raise what their libraries raise: OSError, OpenSSL errors...
+        raise usage.UsageError(f"--listen {description}: {e}") from None
     # haproxy: and similar wrappers keep the real endpoint inside.
     endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
     port = getattr(endpoint, "_port", 0)

@@ -1,27 +1,15 @@
-"""Helpers for the operations tests: a server with twistd options and any endpoint, certificates, JSON logs."""
+"""Helpers for the operations tests: a systemd-style launcher, free ports, certificates, JSON logs."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import os
-import re
 import socket
-import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
-from tests.server import CHECKOUT, Server
-
-_START_SECONDS = 20
-
 PYTHON = sys.executable
-
-# How twistd's ports announce themselves: "Site starting on 8080",
-# "Site (TLS) starting on 8443", "Site starting on '/run/x.sock'".
-STARTED = re.compile(r"Site(?: \((?:TLS|PROXY)\))? starting on (\d+|'[^']+')")
 
 # Starts twistd with a listening socket on fd 3 the way systemd (227 and
 # later) does: LISTEN_FDS=1, LISTEN_FDNAMES naming it, and LISTEN_PID set
@@ -42,65 +30,6 @@ os.environ["LISTEN_FDNAMES"] = "cgiserve.socket"
 os.environ["LISTEN_PID"] = str(os.getpid())
 os.execv(sys.argv[1], sys.argv[1:])
 """
-
-
-class OpsServer(Server):
-    """
-    A L{Server} that can take twistd's own options (C{--uid}, C{--logger}),
-    be started through a launcher, and listen on any endpoint; C{ports}
-    holds what each listening port announced (a number or a socket path).
-    """
-
-    def __init__(self, root, *options, twistd_options=(), launcher=(), log_path=None, **kwargs):
-        super().__init__(root, *options, **kwargs)
-        self.twistd_options = list(twistd_options)
-        self.launcher = list(launcher)
-        if log_path:
-            self.log_path = Path(log_path)
-        self.ports: list[str] = []
-
-    def command(self) -> list[str]:
-        command = super().command()
-        at = command.index("cgiserve")
-        return [*self.launcher, *command[:at], *self.twistd_options, *command[at:]]
-
-    def start(self, listeners: int = 1) -> "OpsServer":
-        env = dict(os.environ if self.env is None else self.env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
-        self.process = subprocess.Popen(
-            self.command(),
-            cwd=self.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + _START_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                out = self.process.stdout.read().decode(errors="replace")
-                self.process.stdout.close()
-                raise RuntimeError(f"cgiserve exited with {self.process.returncode}: {out}\n{self.log()}")
-            self.ports = [found.strip("'") for found in STARTED.findall(self.log())]
-            if len(self.ports) >= listeners and all(map(_accepting, self.ports)):
-                if self.ports[0].isdigit():
-                    self.port = int(self.ports[0])
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"cgiserve did not start in {_START_SECONDS} s:\n{self.log()}")
-
-
-def _accepting(port: str) -> bool:
-    """Whether a port is ready: a unix socket is announced before it is bound, a TCP port after."""
-    if port.isdigit():
-        return True
-    with socket.socket(socket.AF_UNIX) as sock:
-        try:
-            sock.connect(port)
-        except OSError:
-            return False
-    return True
 
 
 def free_port() -> int:

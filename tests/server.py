@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,9 @@ from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
-_STARTED = re.compile(r"Site starting on (\d+)")
+# How twistd's ports announce themselves: "Site starting on 8080",
+# "Site (TLS) starting on 8443", "Site starting on '/run/x.sock'".
+_STARTED = re.compile(r"Site(?: \((?:TLS|PROXY)\))? starting on (\d+|'[^']+')")
 _START_SECONDS = 20
 
 
@@ -23,25 +26,42 @@ class Server:
     127.0.0.1, its log collected in C{log_path}. Use as a context manager.
     """
 
-    def __init__(self, root, *options: str, cwd=None, listen: str = "tcp:0:interface=127.0.0.1", env=None):
+    def __init__(
+        self,
+        root,
+        *options: str,
+        cwd=None,
+        listen: str = "tcp:0:interface=127.0.0.1",
+        env=None,
+        twistd_options=(),
+        launcher=(),
+        log_path=None,
+    ):
         self.root = Path(root)
         self.options = options
         self.cwd = Path(cwd) if cwd else self.root
         self.listen = listen
         self.env = env
+        self.twistd_options = list(twistd_options)
+        self.launcher = list(launcher)
         self.port: int | None = None
+        # What each listening port announced: a number or a socket path.
+        self.ports: list[str] = []
         self.process: subprocess.Popen | None = None
-        # A fresh file each time: a reused name could show an old server's port.
-        fd, name = tempfile.mkstemp(prefix="cgiserve-", suffix=".log", dir=self.root.parent)
-        os.close(fd)
-        self.log_path = Path(name)
+        if log_path is None:
+            # A fresh file each time: a reused name could show an old server's port.
+            fd, log_path = tempfile.mkstemp(prefix="cgiserve-", suffix=".log", dir=self.root.parent)
+            os.close(fd)
+        self.log_path = Path(log_path)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        """twistd (behind the launcher, if any) with its own options, then cgiserve's."""
         return [
+            *self.launcher,
             sys.executable,
             "-c",
             "from twisted.scripts.twistd import run; run()",
@@ -49,6 +69,7 @@ class Server:
             "--pidfile=",
             "--logfile",
             str(self.log_path),
+            *self.twistd_options,
             "cgiserve",
             "--root",
             str(self.root),
@@ -57,7 +78,8 @@ class Server:
             *self.options,
         ]
 
-    def start(self) -> "Server":
+    def start(self, listeners: int = 1) -> "Server":
+        """Start twistd and wait until its C{listeners} ports accept connections."""
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
@@ -72,10 +94,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 out = self.process.stdout.read().decode(errors="replace")
+                self.process.stdout.close()
                 raise RuntimeError(f"cgiserve exited with {self.process.returncode}: {out}\n{self.log()}")
-            match = _STARTED.search(self.log())
-            if match:
-                self.port = int(match.group(1))
+            self.ports = [found.strip("'") for found in _STARTED.findall(self.log())]
+            if len(self.ports) >= listeners and all(map(_accepting, self.ports)):
+                if self.ports[0].isdigit():
+                    self.port = int(self.ports[0])
                 return self
             time.sleep(0.05)
         self.stop()
@@ -106,3 +130,15 @@ class Server:
         self.stop()
         if self.process is not None and self.process.stdout and not self.process.stdout.closed:
             self.process.stdout.close()
+
+
+def _accepting(port: str) -> bool:
+    """Whether a port is ready: a unix socket is announced before it is bound, a TCP port after."""
+    if port.isdigit():
+        return True
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(port)
+        except OSError:
+            return False
+    return True

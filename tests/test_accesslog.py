@@ -26,7 +26,7 @@ from cgiserve.accesslog import AccessLog, Entry, combined_line, json_line, with_
 from cgiserve.tap import Options
 from tests.conftest import write_script
 from tests.http import Connection, request, wait_for
-from tests.ops import OpsServer
+from tests.server import Server
 
 # 24 Nov 2026 23:42:14.250 UTC
 STARTED = 1795563734.25
@@ -388,7 +388,7 @@ def serve():
     servers = []
 
     def start(*options, root):
-        servers.append(OpsServer(root, *options).start())
+        servers.append(Server(root, *options).start())
         return servers[-1]
 
     yield start
@@ -486,7 +486,7 @@ def test_json_line_for_client_gone(serve, root, log_path):
 def test_json_line_for_shutdown(root, log_path):
     """A script still running at shutdown is logged, with 503 and 'shutdown', before the server exits."""
     options = ("--access-log", str(log_path), "--access-log-format", "json", "--shutdown-grace", "0.2")
-    with OpsServer(root, *options) as server, Connection(server.port) as connection:
+    with Server(root, *options) as server, Connection(server.port) as connection:
         connection.send(b"GET /wait.sh?shutdown HTTP/1.1\r\nHost: x\r\n\r\n")
         assert wait_for(lambda: started(root, "shutdown"))
         server.stop()
@@ -526,7 +526,7 @@ def test_access_log_in_root_is_not_served(serve, root):
 def test_unix_socket_client(root, log_path):
     """A request over a unix socket is logged with 'unix:' as its client."""
     sock_path = root.parent / "access.sock"
-    with OpsServer(root, "--access-log", str(log_path), listen=f"unix:{sock_path}"):
+    with Server(root, "--access-log", str(log_path), listen=f"unix:{sock_path}"):
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(str(sock_path))
         with sock:

@@ -22,7 +22,7 @@ from cgiserve.auth import HtpasswdChecker, covers, parse_htpasswd
 from cgiserve.tap import Options
 from tests.conftest import write_script
 from tests.http import request, wait_for
-from tests.ops import OpsServer
+from tests.server import Server
 
 # The "auth" extra: without it these tests skip.
 bcrypt = pytest.importorskip("bcrypt", reason="needs the auth extra (bcrypt)")
@@ -282,13 +282,13 @@ def basic(user: str, password: str) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def everywhere(site):
     htpasswd = str(site / "root" / "htpasswd")
-    with OpsServer(site / "root", "--htpasswd", htpasswd, "--auth-realm", 'Staff "only"') as server:
+    with Server(site / "root", "--htpasswd", htpasswd, "--auth-realm", 'Staff "only"') as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def private_only(site):
-    with OpsServer(site / "root", "--htpasswd", str(site / "root" / "htpasswd"), "--auth-path", "/private/") as server:
+    with Server(site / "root", "--htpasswd", str(site / "root" / "htpasswd"), "--auth-path", "/private/") as server:
         yield server
 
 
@@ -387,7 +387,7 @@ def test_file_changes_apply_without_restart(site):
     """A user added to the htpasswd file can log in at once, and a removed one cannot."""
     path = site / "changing-htpasswd"
     path.write_bytes(htpasswd_entry("alice", "secret"))
-    with OpsServer(site / "root", "--htpasswd", str(path)) as server:
+    with Server(site / "root", "--htpasswd", str(path)) as server:
         assert request(server.port, "GET", "/public/who.py", [basic("alice", "secret")]).status == 200
         assert request(server.port, "GET", "/public/who.py", [basic("carol", "c")]).status == 401
         time.sleep(0.01)  # a new mtime even on coarse clocks, and a new size anyway

@@ -18,7 +18,8 @@ import pytest
 
 from tests.conftest import write_script
 from tests.http import Connection, build_request, wait_for
-from tests.ops import PYTHON, SYSTEMD_LAUNCHER, OpsServer, free_port, self_signed
+from tests.ops import PYTHON, SYSTEMD_LAUNCHER, free_port, self_signed
+from tests.server import Server
 from tests.server import CHECKOUT
 
 DUMP = f"""#!{PYTHON}
@@ -49,7 +50,7 @@ def server(top):
     servers = []
 
     def start(listen, *options, **kwargs):
-        server = OpsServer(top / "root", *options, listen=listen, **kwargs).start()
+        server = Server(top / "root", *options, listen=listen, **kwargs).start()
         servers.append(server)
         return server
 

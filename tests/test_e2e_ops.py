@@ -16,7 +16,8 @@ from twisted.python import usage
 from cgiserve.tap import Options
 from tests.conftest import write_script
 from tests.http import request, wait_for
-from tests.ops import PYTHON, OpsServer, read_json_lines
+from tests.ops import PYTHON, read_json_lines
+from tests.server import Server
 
 ROOT_WARNING = "Running as root: every script runs as root too."
 
@@ -39,7 +40,7 @@ def serve(top):
     servers = []
 
     def start(*options, **kwargs):
-        servers.append(OpsServer(top / "root", *options, **kwargs).start())
+        servers.append(Server(top / "root", *options, **kwargs).start())
         return servers[-1]
 
     yield start
