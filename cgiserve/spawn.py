@@ -22,7 +22,7 @@ _OPAQUE_BYTES = 1024
 
 def _load_libc():
     """
-    glibc's posix_spawn with the two extensions CGI needs, or None.
+    glibc, for posix_spawn with the two extensions CGI needs, or None.
 
     addchdir_np (glibc 2.29) starts the script in its own directory and
     addclosefrom_np (glibc 2.34) closes every descriptor the server holds
@@ -31,7 +31,7 @@ def _load_libc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.PyDLL(None, use_errno=True)
         libc.posix_spawn_file_actions_addchdir_np
         libc.posix_spawn_file_actions_addclosefrom_np
     except (OSError, AttributeError):
@@ -39,7 +39,30 @@ def _load_libc():
     return libc
 
 
+# Through PyDLL the small set-up calls keep the GIL: a spawn in a pool
+# thread then takes it once, not once per call, from the reactor thread.
 _libc = _load_libc()
+# Through CDLL posix_spawn itself releases the GIL while it waits for the
+# child to exec.
+_spawn = ctypes.CDLL(None, use_errno=True).posix_spawn if _libc is not None else None
+
+
+def _spawn_attributes():
+    """
+    The attributes every script starts with, made once: its own session,
+    every signal at its default (Python ignores SIGPIPE, and ignored
+    signals survive exec) and none blocked.
+    """
+    attributes = ctypes.create_string_buffer(_OPAQUE_BYTES)
+    signals = ctypes.create_string_buffer(_OPAQUE_BYTES)
+    _check(_libc.posix_spawnattr_init(attributes), "attributes")
+    _libc.sigfillset(signals)
+    _check(_libc.posix_spawnattr_setsigdefault(attributes, signals), "sigdefault")
+    _libc.sigemptyset(signals)
+    _check(_libc.posix_spawnattr_setsigmask(attributes, signals), "sigmask")
+    flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSIGMASK
+    _check(_libc.posix_spawnattr_setflags(attributes, ctypes.c_short(flags)), "flags")
+    return attributes
 
 
 def fast_spawn_available() -> bool:
@@ -63,37 +86,26 @@ def posix_spawn(
     (glibc reports exec errors to the caller), so the caller can answer
     the client at once.
     """
+    global _attributes
+    if _attributes is None:
+        _attributes = _spawn_attributes()
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
-    attributes = ctypes.create_string_buffer(_OPAQUE_BYTES)
-    signals = ctypes.create_string_buffer(_OPAQUE_BYTES)
     _check(_libc.posix_spawn_file_actions_init(actions), "file actions")
     try:
-        _check(_libc.posix_spawnattr_init(attributes), "attributes")
-        try:
-            for child, parent in sorted(fdmap.items()):
-                _check(_libc.posix_spawn_file_actions_adddup2(actions, parent, child), "dup2")
-            _check(_libc.posix_spawn_file_actions_addclosefrom_np(actions, len(fdmap)), "closefrom")
-            _check(_libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "chdir")
-            # Python ignores SIGPIPE (and others); a script must start
-            # with every signal at its default and none blocked.
-            _libc.sigfillset(signals)
-            _check(_libc.posix_spawnattr_setsigdefault(attributes, signals), "sigdefault")
-            _libc.sigemptyset(signals)
-            _check(_libc.posix_spawnattr_setsigmask(attributes, signals), "sigmask")
-            flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGDEF | _POSIX_SPAWN_SETSIGMASK
-            _check(_libc.posix_spawnattr_setflags(attributes, ctypes.c_short(flags)), "flags")
-            pid = ctypes.c_int()
-            c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
-            c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
-            _check(
-                _libc.posix_spawn(ctypes.byref(pid), executable, actions, attributes, c_argv, c_envp),
-                os.fsdecode(executable),
-            )
-            return pid.value
-        finally:
-            _libc.posix_spawnattr_destroy(attributes)
+        for child, parent in sorted(fdmap.items()):
+            _check(_libc.posix_spawn_file_actions_adddup2(actions, parent, child), "dup2")
+        _check(_libc.posix_spawn_file_actions_addclosefrom_np(actions, len(fdmap)), "closefrom")
+        _check(_libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "chdir")
+        pid = ctypes.c_int()
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
+        c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
+        _check(_spawn(ctypes.byref(pid), executable, actions, _attributes, c_argv, c_envp), os.fsdecode(executable))
+        return pid.value
     finally:
         _libc.posix_spawn_file_actions_destroy(actions)
+
+
+_attributes = None
 
 
 class ScriptProcess(process.Process):
