@@ -89,6 +89,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self._stderr_logged = 0
         self._stderr_dropped = 0
         self._timeout_call = None
+        self._kill_call = None
         self.done = defer.Deferred()
 
     # -- start
@@ -212,6 +213,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
             self.run_seconds = self.clock.seconds() - self._started_at
         if self._timeout_call is not None and self._timeout_call.active():
             self._timeout_call.cancel()
+        self._forget_kill()
         status = reason.value
         self.done.callback(status)
         if isinstance(status, error.ProcessDone):
@@ -253,10 +255,13 @@ class ScriptProtocol(protocol.ProcessProtocol):
             self._kill()
 
     def _kill(self) -> None:
+        # A slow client may have paused the script's output: read (and drop)
+        # it again, or its pipes never close and the run never ends.
+        self.transport.resumeProducing()
         self._signal(signal.SIGTERM)
         # Even when the script itself exits on SIGTERM, what it started may
         # not: the group gets SIGKILL after the grace period regardless.
-        self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
+        self._kill_call = self.clock.callLater(self.kill_grace, self._signal, signal.SIGKILL)
 
     def spawn_failed(self, failure) -> None:
         """The script could not be started (no such file, no permission, a bad shebang...)."""
@@ -265,6 +270,15 @@ class ScriptProtocol(protocol.ProcessProtocol):
         if not self.failed:
             self.fail(502, f"could not be executed: {failure.value.strerror}")
         self.done.callback(None)
+
+    def _forget_kill(self) -> None:
+        """Cancel a pending SIGKILL once nothing is left in the group, so its id cannot be reused meanwhile."""
+        if self._kill_call is None or not self._kill_call.active():
+            return
+        try:
+            self.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            self._kill_call.cancel()
 
     def _signal(self, signum: int) -> None:
         try:

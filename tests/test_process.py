@@ -95,8 +95,16 @@ class ScriptProtocolTestCase(SynchronousTestCase):
         self.sink = RecordingSink()
         self.kills: list[tuple[int, int]] = []
         self.killpg_error: dict[int, OSError] = {}
+        self.probes: list[int] = []
+        self.group_gone = False
 
     def killpg(self, pgid: int, signum: int) -> None:
+        if signum == 0:
+            # A probe for whether anything is left in the group.
+            self.probes.append(pgid)
+            if self.group_gone:
+                raise ProcessLookupError(errno.ESRCH, "No such process")
+            return
         self.kills.append((pgid, signum))
         if signum in self.killpg_error:
             raise self.killpg_error[signum]
@@ -392,7 +400,7 @@ class TimeoutTests(ScriptProtocolTestCase):
         self.clock.advance(0.1)
         self.assertEqual(self.sink.calls, [("failed", 504, "timeout")])
         self.assertEqual(self.kills, [(PID, signal.SIGTERM)])
-        self.assertEqual(self.transport.calls, ["closeStdin"])
+        self.assertEqual([call for call in self.transport.calls if call[0] == "signalProcess"], [])
 
     def test_timeout_kills_after_grace(self):
         """kill_grace seconds after the SIGTERM the group gets SIGKILL."""
@@ -410,6 +418,23 @@ class TimeoutTests(ScriptProtocolTestCase):
         self.end(ProcessTerminated(signal=signal.SIGTERM))
         self.clock.advance(KILL_GRACE)
         self.assertEqual(self.kills, [(PID, signal.SIGTERM), (PID, signal.SIGKILL)])
+
+    def test_no_kill_once_the_group_is_empty(self):
+        """When nothing is left of the group at exit, the pending SIGKILL is cancelled (its id may be reused)."""
+        self.connect()
+        self.clock.advance(TIMEOUT)
+        self.group_gone = True
+        self.end(ProcessTerminated(signal=signal.SIGTERM))
+        self.clock.advance(KILL_GRACE)
+        self.assertEqual(self.probes, [PID])
+        self.assertEqual(self.kills, [(PID, signal.SIGTERM)])
+
+    def test_stop_reads_paused_output_again(self):
+        """Stopping a script whose output a slow client paused resumes reading it, so its pipes can close."""
+        self.connect()
+        self.protocol.pauseProducing()
+        self.protocol.stop("client gone")
+        self.assertEqual(self.transport.calls[-2:], ["pauseProducing", "resumeProducing"])
 
     def test_kill_of_vanished_group_ignored(self):
         """ESRCH from killpg (the group is gone already) is not an error."""
@@ -563,7 +588,7 @@ class StopTests(ScriptProtocolTestCase):
         self.connect()
         self.protocol.stop("client gone")
         self.clock.advance(KILL_GRACE)
-        self.assertEqual([call for call in self.transport.calls if call != "closeStdin"], [])
+        self.assertEqual([call for call in self.transport.calls if call not in ("closeStdin", "resumeProducing")], [])
 
 
 class SpawnFailedTests(ScriptProtocolTestCase):
