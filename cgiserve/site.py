@@ -87,6 +87,10 @@ class Request(server.Request):
         if not getattr(target, "streams_body", lambda request: False)(self):
             return False
         self.streamed_body = StreamedBody(channel.transport)
+        # The connection's idle timer is for clients, not for an upload the
+        # server itself holds back; the channel restores it after the response.
+        if channel.timeOut:
+            channel._savedTimeOut = channel.setTimeout(None)
         super().gotLength(0)
         self.process()
         if self.startedWriting:
