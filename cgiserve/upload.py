@@ -3,8 +3,14 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+import socket
+
+from twisted.internet import task
 from twisted.protocols.basic import FileSender
+
+
+# How often a paused upload's connection is checked for a reset.
+PEER_CHECK_SECONDS = 0.5
 
 
 class FileBody:
@@ -33,16 +39,23 @@ class StreamedBody:
     (it may wait for a slot), the client's connection stops being read, so
     the server holds at most one read of the body in memory. A script that
     closes stdin early makes the rest of the body be read and dropped.
+
+    A connection that is not read would not notice its client resetting
+    it, so while paused its socket is checked for an error every
+    L{PEER_CHECK_SECONDS}, and aborted (stopping the script) on one.
     """
 
-    def __init__(self, network) -> None:
+    def __init__(self, network, clock=None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.network = network
+        self._peer_check = task.LoopingCall(self._check_peer)
+        self._peer_check.clock = clock
         self.process = None
         self.complete = False
         self._pending: list[bytes] = []
         self._paused = False
         self._discarding = False
-        self._waiters: list[Deferred] = []
         self._pause()
 
     # -- from the client
@@ -68,17 +81,6 @@ class StreamedBody:
         self._resume()
         if self.process is not None and not self._discarding:
             self._close_stdin()
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.callback(None)
-
-    def when_complete(self) -> Deferred:
-        """Fires once the whole body has been received (at once if it has)."""
-        if self.complete:
-            return succeed(None)
-        waiter = Deferred()
-        self._waiters.append(waiter)
-        return waiter
 
     # -- to the script
 
@@ -115,8 +117,25 @@ class StreamedBody:
         if not self._paused and not self.complete:
             self._paused = True
             self.network.pauseProducing()
+            if not self._peer_check.running:
+                self._peer_check.start(PEER_CHECK_SECONDS, now=False)
 
     def _resume(self) -> None:
         if self._paused:
             self._paused = False
             self.network.resumeProducing()
+            if self._peer_check.running:
+                self._peer_check.stop()
+
+    def _check_peer(self) -> None:
+        sock = _socket_of(self.network)
+        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            self._peer_check.stop()
+            self.network.abortConnection()
+
+
+def _socket_of(transport):
+    """The socket under a transport (TCP, or TLS over TCP), if there is one."""
+    while transport is not None and not hasattr(transport, "socket"):
+        transport = getattr(transport, "transport", None)
+    return getattr(transport, "socket", None)

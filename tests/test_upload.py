@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import socket
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cgiserve.upload import FileBody, StreamedBody
+from cgiserve.upload import PEER_CHECK_SECONDS, FileBody, StreamedBody
 
 
 class FakeStdin:
@@ -54,6 +57,20 @@ class FakeNetwork:
     def resumeProducing(self) -> None:
         self.paused = False
         self.events.append("network.resume")
+
+    def abortConnection(self) -> None:
+        self.events.append("network.abort")
+
+
+class FakeSocket:
+    """A socket whose pending error (SO_ERROR) a test sets."""
+
+    def __init__(self) -> None:
+        self.error = 0
+
+    def getsockopt(self, level: int, option: int) -> int:
+        assert (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR)
+        return self.error
 
 
 class FileBodyTests(SynchronousTestCase):
@@ -115,7 +132,8 @@ class StreamedBodyTestCase(SynchronousTestCase):
         self.events: list = []
         self.network = FakeNetwork(self.events)
         self.stdin = FakeStdin(self.events)
-        self.body = StreamedBody(self.network)
+        self.clock = Clock()
+        self.body = StreamedBody(self.network, clock=self.clock)
 
     def since(self, mark: int) -> list:
         return self.events[mark:]
@@ -273,22 +291,29 @@ class StreamedBodyStoppedTests(StreamedBodyTestCase):
         self.body.write(b"dropped")
         self.body.finish()
         self.assertEqual(self.since(mark), [])
-        self.successResultOf(self.body.when_complete())
+        self.assertTrue(self.body.complete)
 
 
-class WhenCompleteTests(StreamedBodyTestCase):
-    """Waiting for the whole body."""
+class PeerCheckTests(StreamedBodyTestCase):
+    """A paused upload still notices a client that reset the connection."""
 
-    def test_fires_on_finish(self):
-        """when_complete fires once finish is called, for every waiter, and not before."""
-        first, second = self.body.when_complete(), self.body.when_complete()
-        self.body.write(b"part")
-        self.assertNoResult(first)
-        self.body.finish()
-        self.assertIsNone(self.successResultOf(first))
-        self.assertIsNone(self.successResultOf(second))
+    def setUp(self) -> None:
+        super().setUp()
+        self.network.transport = type("TCP", (), {"socket": FakeSocket()})()
 
-    def test_fires_at_once_if_complete(self):
-        """when_complete on a complete body fires at once."""
-        self.body.finish()
-        self.assertIsNone(self.successResultOf(self.body.when_complete()))
+    def test_reset_while_paused_aborts(self):
+        """While the connection is paused, a pending socket error aborts it at the next check."""
+        self.clock.advance(PEER_CHECK_SECONDS)
+        self.assertNotIn("network.abort", self.events)
+        self.network.transport.socket.error = errno.ECONNRESET
+        self.clock.advance(PEER_CHECK_SECONDS)
+        self.assertEqual(self.events[-1], "network.abort")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_checks_while_reading(self):
+        """Once the connection is read again, the checks stop."""
+        self.body.attach(self.stdin)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.network.transport.socket.error = errno.ECONNRESET
+        self.clock.advance(PEER_CHECK_SECONDS * 3)
+        self.assertNotIn("network.abort", self.events)
