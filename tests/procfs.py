@@ -1,0 +1,113 @@
+"""Process facts from Linux /proc for end-to-end tests: children, descriptors, liveness, bytes written."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat the tests use."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgid: int
+    starttime: int
+
+
+def stat(pid: int) -> Stat | None:
+    """The process's stat line, or None once it is gone (reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            line = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name sits in parentheses and may hold spaces or ")":
+    # the fields proper start after the last ")".
+    fields = line.rpartition(b")")[2].split()
+    return Stat(pid, fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[19]))
+
+
+def all_stats() -> list[Stat]:
+    """A stat of every process on the system (those that vanish while listing are left out)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            info = stat(int(entry))
+            if info is not None:
+                found.append(info)
+    return found
+
+
+def children(pid: int) -> list[Stat]:
+    """Processes whose parent is C{pid}, zombies included."""
+    return [info for info in all_stats() if info.ppid == pid]
+
+
+def in_groups(pgids) -> list[Stat]:
+    """Processes, not zombies, in any of these process groups."""
+    pgids = set(pgids)
+    return [info for info in all_stats() if info.pgid in pgids and info.state not in "ZX"]
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """A process seen once, recognised later by its start time so that a reused pid is not mistaken for it."""
+
+    pid: int
+    starttime: int
+
+    @classmethod
+    def of(cls, pid: int) -> "Tracked | None":
+        info = stat(pid)
+        return None if info is None else cls(pid, info.starttime)
+
+    def running(self) -> bool:
+        """Whether it still runs: neither reaped nor a zombie (an orphan's zombie may wait for its reaper)."""
+        info = stat(self.pid)
+        return info is not None and info.starttime == self.starttime and info.state not in "ZX"
+
+
+def fd_count(pid: int) -> int:
+    """How many descriptors the process has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wchar(pid: int) -> int:
+    """Bytes the process has passed to write(2) and friends so far."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise ValueError(f"no wchar in /proc/{pid}/io")
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02):
+    """Poll C{predicate} until it returns something true or C{timeout} seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def read_pid(path, timeout: float = 10) -> Tracked:
+    """Wait for a script to write its pid (a line) to C{path}; that process, tracked."""
+
+    def ready():
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        return text if text.endswith("\n") else None
+
+    text = wait_until(ready, timeout)
+    assert text, f"no pid written to {path} within {timeout} s"
+    tracked = Tracked.of(int(text))
+    assert tracked is not None, f"process {text.strip()} from {path} already gone"
+    return tracked
