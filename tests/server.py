@@ -111,15 +111,17 @@ class Server:
         except FileNotFoundError:
             return ""
 
-    def stop(self) -> int | None:
+    def stop(self, within: float = 30) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited C{within} seconds: its exit status, or None if killed."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout=30)
+            return self.process.wait(timeout=within)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            return self.process.wait(timeout=10)
+            self.process.wait(timeout=10)
+            return None
         finally:
             self.process.stdout.close()
 

@@ -134,7 +134,7 @@ def start_server(serve):
     yield start
     for server in servers:
         if server.process.poll() is None:
-            stop_server(server, within=5)
+            server.stop(within=5)
 
 
 @pytest.fixture
@@ -166,22 +166,6 @@ def wait_log(server, pattern: str, timeout: float = 5) -> str:
     log = server.log()
     assert found, f"no log line matching {pattern!r}:\n{log[-4000:]}"
     return log
-
-
-def stop_server(server, within: float) -> int | None:
-    """
-    SIGTERM the server (as C{server.stop()} does) but wait at most C{within}
-    seconds for it to exit: its exit code, or None if it had to be killed.
-    """
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        code = server.process.wait(timeout=within)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
-        code = None
-    server.process.stdout.close()
-    return code
 
 
 def assert_clean_exit(code: int | None, server) -> None:
@@ -715,7 +699,7 @@ def test_slow_download_back_pressure(start_server, docroot, pids):
     response = request(server.port, "GET", "/hello.sh")
     assert (response.status, response.body) == (200, b"hello\n"), "the stopped script's slot was not freed"
     assert_log_clean(server)
-    assert_clean_exit(stop_server(server, within=5), server)
+    assert_clean_exit(server.stop(within=5), server)
 
 
 # -- slow headers and idle connections
@@ -915,7 +899,7 @@ def test_shutdown_stops_script_held_back_by_slow_client(start_server, docroot, p
         # small window, then waits: its output is paused.
         written = procfs.wait_until(lambda: unchanged(lambda: procfs.wchar(script.pid)), 5)
         assert written and script.running()
-        code = stop_server(server, within=1 + 1 + MARGIN_SECONDS + 3)
+        code = server.stop(within=1 + 1 + MARGIN_SECONDS + 3)
     assert not script.running()
     assert_clean_exit(code, server)
     assert_log_clean(server)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -181,19 +180,6 @@ def settled(pid: int, fds: int) -> bool:
     return not procfs.children(pid) and procfs.fd_count(pid) == fds
 
 
-def stop(server) -> int | None:
-    """SIGTERM, as C{server.stop()}, but at most 5 s to exit: the exit status, or None if it had to be killed."""
-    server.process.send_signal(signal.SIGTERM)
-    try:
-        code = server.process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait(timeout=10)
-        code = None
-    server.process.stdout.close()
-    return code
-
-
 def warm_up(server) -> None:
     """One request of each kind, one after the other."""
     for seed, (kind, _) in enumerate(MIX):
@@ -247,7 +233,7 @@ def test_soak_no_zombies_no_descriptor_leaks(serve, docroot):
         log = server.log()
     finally:
         if server.process.poll() is None:
-            code = stop(server)
+            code = server.stop(within=5)
     print(
         f"\nsoak: {total} requests in {elapsed:.1f} s ({total / elapsed:.0f}/s) with {THREADS} threads; "
         f"{dict(sorted(soak.done.items()))}; server descriptors: {fresh} fresh, {idle} idle, {after} after; "
