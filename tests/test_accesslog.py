@@ -506,11 +506,15 @@ def test_access_log_to_stdout(serve, root):
     assert "GET /hello.txt" not in server.log()
 
 
-def test_default_access_lines_go_to_server_log(serve, root):
-    """Without --access-log, Twisted's own access lines go through twisted.logger into the server log."""
+def test_no_access_lines_by_default(serve, root):
+    """Without --access-log no access lines are written, not even to the server log."""
     server = serve(root=root)
-    request(server.port, "GET", "/hello.txt")
-    assert wait_for(lambda: '"GET /hello.txt HTTP/1.1" 200 6' in server.log())
+    assert request(server.port, "GET", "/hello.txt").status == 200
+    assert request(server.port, "GET", "/missing.txt").status == 404
+    server.stop()
+    assert "/hello.txt" not in server.log()
+    assert "/missing.txt" not in server.log()
+    assert "Server Shut Down." in server.log()
 
 
 def test_access_log_in_root_is_not_served(serve, root):
