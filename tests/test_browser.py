@@ -54,7 +54,7 @@ def browser():
 def example_site(docroot, serve):
     """cgiserve serving a copy of the bundled example site (file modes kept: the scripts stay executable)."""
     shutil.copytree(EXAMPLES, docroot, dirs_exist_ok=True)
-    return serve()
+    return serve("--access-log", str(docroot.parent / "access.log"))
 
 
 @pytest.mark.parametrize("action", ["hello.py", "hello-stdin.py"])
@@ -80,7 +80,8 @@ def test_form_greets_by_name_escaped(browser, example_site, action):
     # failure is logged when it is collected) are in the log too.
     example_site.stop()
     log = example_site.log()
-    assert f'"POST /{action} HTTP/1.1" 200' in log, log
+    access = (example_site.root.parent / "access.log").read_text()
+    assert f'"POST /{action} HTTP/1.1" 200' in access, access
     assert not LOGGED_ERROR.search(log), log
 
 
