@@ -65,11 +65,6 @@ def _spawn_attributes():
     return attributes
 
 
-def fast_spawn_available() -> bool:
-    """Whether scripts start with posix_spawn rather than a fork of the server."""
-    return _libc is not None
-
-
 def _check(result: int, what: str) -> None:
     if result != 0:
         raise OSError(result, f"{what}: {os.strerror(result)}")

@@ -1,0 +1,140 @@
+"""Tests for cgiserve.spawn: a script starts in its own session and directory, with only stdio, signals at default."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import tempfile
+
+import pytest
+
+from cgiserve import spawn
+
+pytestmark = pytest.mark.skipif(spawn._libc is None, reason="needs glibc's posix_spawn extensions")
+
+# The child reports what it was started with.
+REPORT = """
+import json, os, sys
+leaked = int(sys.argv[1])
+try:
+    os.fstat(leaked)
+    inherited = True
+except OSError:
+    inherited = False
+print(json.dumps({
+    "pid": os.getpid(), "pgid": os.getpgid(0), "sid": os.getsid(0), "cwd": os.getcwd(),
+    "inherited": inherited, "stdin": sys.stdin.read(), "env": dict(os.environ),
+}))
+"""
+
+
+# PYTHONCOERCECLOCALE=0: the child Python must not add LC_CTYPE itself.
+ENV = (b"ONLY=this", b"PYTHONCOERCECLOCALE=0")
+
+
+def run(cwd: str, stdin: bytes = b"", env=ENV) -> dict:
+    """posix_spawn the reporting child on fresh pipes, with an inheritable descriptor it must not get."""
+    leaked_r, leaked_w = os.pipe()
+    os.set_inheritable(leaked_w, True)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        pid = spawn.posix_spawn(
+            os.fsencode(sys.executable),
+            [os.fsencode(sys.executable), b"-c", REPORT.encode(), str(leaked_w).encode()],
+            list(env),
+            {0: in_r, 1: out_w, 2: out_w},
+            os.fsencode(cwd),
+        )
+        os.close(in_r)
+        os.close(out_w)
+        os.write(in_w, stdin)
+        os.close(in_w)
+        with os.fdopen(out_r, "rb") as out:
+            report = json.loads(out.read())
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        return report
+    finally:
+        os.close(leaked_r)
+        os.close(leaked_w)
+
+
+def test_child_leads_its_own_session_and_group():
+    """The script is the leader of a new session and process group, so its whole group can be signalled."""
+    report = run(tempfile.gettempdir())
+    assert report["pgid"] == report["pid"]
+    assert report["sid"] == report["pid"]
+    assert report["pgid"] != os.getpgid(0)
+
+
+def test_child_runs_in_the_given_directory():
+    """The script starts in the directory it was given, not the server's."""
+    directory = os.path.realpath(tempfile.mkdtemp(prefix="cgiserve-spawn-"))
+    try:
+        assert run(directory)["cwd"] == directory
+    finally:
+        os.rmdir(directory)
+
+
+def test_child_gets_only_stdio_and_its_environment():
+    """Nothing but stdin, stdout and stderr is inherited, and the environment is exactly the one given."""
+    report = run(tempfile.gettempdir(), stdin=b"body bytes")
+    assert report["inherited"] is False
+    assert report["stdin"] == "body bytes"
+    assert report["env"] == {"ONLY": "this", "PYTHONCOERCECLOCALE": "0"}
+
+
+def test_child_starts_with_default_signals():
+    """No standard signal is ignored (Python ignores SIGPIPE and SIGXFSZ) or blocked in the script."""
+    read_end, write_end = os.pipe()
+    try:
+        argv = [b"/bin/sh", b"-c", b"grep -E '^Sig(Ign|Blk):' /proc/$$/status"]
+        pid = spawn.posix_spawn(b"/bin/sh", argv, [], {0: read_end, 1: write_end, 2: write_end}, b"/")
+        os.close(write_end)
+        write_end = None
+        with os.fdopen(read_end, "rb") as out:
+            masks = dict(line.split(b":") for line in out.read().splitlines())
+        read_end = None
+        os.waitpid(pid, 0)
+    finally:
+        for fd in (read_end, write_end):
+            if fd is not None:
+                os.close(fd)
+    standard = (1 << 31) - 1  # signals 1 to 31; glibc keeps 32 and 33 for itself
+    assert int(masks[b"SigIgn"], 16) & standard == 0
+    assert int(masks[b"SigBlk"], 16) == 0
+
+
+@pytest.fixture
+def not_executable():
+    """A regular file without any execute bit."""
+    fd, path = tempfile.mkstemp(prefix="cgiserve-spawn-")
+    os.close(fd)
+    os.chmod(path, 0o644)
+    yield os.fsencode(path)
+    os.unlink(path)
+
+
+@pytest.mark.parametrize(
+    "executable, cwd, code",
+    [
+        (b"/nonexistent/script", b"/", errno.ENOENT),
+        (None, b"/", errno.EACCES),
+        (os.fsencode(sys.executable), b"/nonexistent/dir", errno.ENOENT),
+    ],
+    ids=["missing", "not executable", "missing directory"],
+)
+def test_failure_to_execute_is_an_oserror(executable, cwd, code, not_executable):
+    """A script that cannot be executed, or a directory that does not exist, raises OSError at once."""
+    executable = executable or not_executable
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(OSError) as raised:
+            spawn.posix_spawn(executable, [executable], [], {0: read_end, 1: write_end, 2: write_end}, cwd)
+        assert raised.value.errno == code
+    finally:
+        os.close(read_end)
+        os.close(write_end)
