@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import sys
 import tempfile
 
@@ -138,3 +139,51 @@ def test_failure_to_execute_is_an_oserror(executable, cwd, code, not_executable)
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+FALLBACK = """
+import json, os, sys
+from twisted.internet import protocol, reactor
+from cgiserve import spawn
+
+spawn._libc = None  # as on a system without glibc's posix_spawn extensions
+
+
+class Report(protocol.ProcessProtocol):
+    out = b""
+
+    def outReceived(self, data):
+        self.out += data
+
+    def processEnded(self, reason):
+        pid, pgid, sid = self.out.split()[:3]
+        print(json.dumps({"leads": pid == pgid == sid, "cwd": self.out.split()[3].decode()}))
+        reactor.stop()
+
+
+def start():
+    argv = [b"/bin/sh", b"-c", b"echo $$ $(ps -o pgid= -p $$) $(ps -o sid= -p $$) $(pwd)"]
+    spawn.spawn_script(reactor, Report(), "/bin/sh", argv, {"PATH": "/usr/bin:/bin"}, sys.argv[1], stdin=False)
+
+
+reactor.callWhenRunning(start)
+reactor.run()
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/ps"), reason="needs ps")
+def test_fork_fallback_also_gives_session_and_directory():
+    """Without glibc's extensions, the fork fallback still starts the script as a session leader in its directory."""
+    directory = os.path.realpath(tempfile.mkdtemp(prefix="cgiserve-spawn-"))
+    try:
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", FALLBACK, directory],
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": checkout},
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"leads": True, "cwd": directory}
+    finally:
+        os.rmdir(directory)
