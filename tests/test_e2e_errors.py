@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import procfs
 from tests.conftest import write_script
 from tests.http import Connection, build_request, request, wait_for
 from tests.server import CHECKOUT, Server
@@ -168,11 +169,8 @@ def test_shell_script_without_shebang(server, root):
 
 def running(pid: int) -> bool:
     """Whether a process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    info = procfs.stat(pid)
+    return info is not None and info.state not in "ZX"
 
 
 def test_refused_script_is_stopped(server, root):
