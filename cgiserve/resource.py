@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_resource -*-
+# -*- test-case-name: tests.test_e2e_static -*-
 """The resource tree: a directory's files served as they are, its scripts run, its secrets never shown."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_script -*-
+# -*- test-case-name: tests.test_e2e_cgi -*-
 """The script resource: one request in, one script run, its response out."""
 
 from __future__ import annotations
@@ -14,19 +14,15 @@ from cgiserve.addresses import connection_ends
 from cgiserve.config import ServerConfig
 from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form_argv
 from cgiserve.process import ScriptProtocol
+from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
 from cgiserve.runner import Busy, ScriptRunner
 from cgiserve.upload import FileBody
-from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
 
 # RFC 3875 6.2.2 lets a script hand a request back to the server; a chain
 # longer than this is a loop.
 MAX_LOCAL_REDIRECTS = 10
 
 _NPH_PREFIX = "nph-"
-
-
-def _text(value: bytes) -> str:
-    return os.fsdecode(value)
 
 
 def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
@@ -46,9 +42,9 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
         query=request.uri.partition(b"?")[2],
         protocol=request.clientproto,
         headers=tuple((name, tuple(values)) for name, values in request.requestHeaders.getAllRawHeaders()),
-        script_name="/" + "/".join(_text(s) for s in request.prepath),
+        script_name="/" + "/".join(os.fsdecode(s) for s in request.prepath),
         script_filename=script,
-        path_info="".join("/" + _text(s) for s in request.postpath),
+        path_info="".join("/" + os.fsdecode(s) for s in request.postpath),
         document_root=config.root,
         remote_addr=ends.remote_addr,
         remote_port=ends.remote_port,
@@ -266,7 +262,7 @@ class CGIScript(resource.Resource):
         facts = request_facts(request, self.path, self.config)
         nph = os.path.basename(self.path).startswith(_NPH_PREFIX)
         if nph and request.clientproto not in (b"HTTP/1.0", b"HTTP/1.1"):
-            return self._fail(request, 502, "an nph- script cannot answer over " + _text(request.clientproto))
+            return self._fail(request, 502, "an nph- script cannot answer over " + os.fsdecode(request.clientproto))
         form_body = None
         if request.streamed_body is None and self.config.form_argv:
             if wants_form_argv(facts.method, facts.content_type, facts.content_length):

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_site -*-
+# -*- test-case-name: tests.test_e2e_limits -*-
 """The HTTP side: request ids, body limits and streaming, header deadlines, and normalised paths."""
 
 from __future__ import annotations
