@@ -119,26 +119,26 @@ class HtpasswdChecker:
         except ValueError:  # a malformed hash
             return False
 
-    def _key(self, user: bytes, password: bytes) -> bytes | None:
-        """The cache key for a user's password under the user's current hash; None for an unknown user."""
-        hashed = self.users().get(user)
-        if hashed is None:
-            return None
+    def _key(self, user: bytes, password: bytes, hashed: bytes) -> bytes:
+        """The cache key for a user's password under the user's current hash."""
         return hmac.new(self._cache_key, b"\0".join((user, hashed, password)), hashlib.sha256).digest()
 
-    def cached(self, credentials) -> bool:
+    def cached(self, credentials, users: dict[bytes, bytes] | None = None) -> bool:
         """Whether these credentials passed a check lately (and the user's entry has not changed since)."""
-        key = self._key(credentials.username, credentials.password)
-        if key is None or key not in self._cache:
+        hashed = (self.users() if users is None else users).get(credentials.username)
+        if hashed is None:
+            return False
+        key = self._key(credentials.username, credentials.password, hashed)
+        if key not in self._cache:
             return False
         self._cache.move_to_end(key)
         return True
 
     def requestAvatarId(self, credentials) -> defer.Deferred:
         """The user name, or a failure with L{UnauthorizedLogin} saying why not."""
-        if self.cached(credentials):
-            return defer.succeed(credentials.username)
         users = self.users()
+        if self.cached(credentials, users):
+            return defer.succeed(credentials.username)
         user, password = credentials.username, credentials.password
         hashed = users.get(user)
         if hashed is None:
@@ -147,7 +147,7 @@ class HtpasswdChecker:
             decoy = next(iter(users.values()), None)
             checking = self._in_thread(password, decoy) if decoy else defer.succeed(False)
             return checking.addCallback(self._refuse, f"unknown user {os.fsdecode(user)!r}")
-        key = self._key(user, password)
+        key = self._key(user, password, hashed)
 
         def checked(ok: bool) -> bytes:
             if not ok:
