@@ -133,7 +133,7 @@ def request_entry(request, started: float, now: float, completed: bool) -> Entry
         seconds=max(now - started, 0.0),
         request_id=request.request_id,
         remote_addr=client_end(request.getClientAddress())[0],
-        remote_user=getattr(request, "remote_user", None),
+        remote_user=request.remote_user,
         method=request.method or b"-",
         uri=request.uri or b"-",
         protocol=request.clientproto or b"-",
@@ -254,20 +254,20 @@ class AccessLog(service.Service):
 
     def watch(self, request) -> None:
         """Start timing a request and log it even if its client goes away; calling it again does nothing."""
-        if getattr(request, "access_started", None) is not None:
+        if request.access_started is not None:
             return
         request.access_started = self.reactor.seconds()
         request.notifyFinish().addErrback(lambda _: self.request_ended(request, completed=False))
 
     def request_ended(self, request, completed: bool = True) -> None:
         """Log a request whose response has finished (or whose client has gone), once its script has ended."""
-        if getattr(request, "access_logged", False):
+        if request.access_logged:
             return
         request.access_logged = True
         now = self.reactor.seconds()
-        started = getattr(request, "access_started", None) or now
+        started = request.access_started or now
         entry = request_entry(request, started, now, completed)
-        run = getattr(request, "script_run", None)
+        run = request.script_run
         if run is None or run.pgid is None:
             # No script, or one that never started (the queue was full).
             self.write(entry)

@@ -55,7 +55,7 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
         request_id=request.request_id,
         content_length=content_length,
         content_type=request.getHeader(b"content-type"),
-        remote_user=getattr(request, "remote_user", None),
+        remote_user=request.remote_user,
     )
 
 

@@ -59,6 +59,13 @@ class Request(server.Request):
     rejected = False
     # Bytes of the request body received so far (for the access log).
     body_received = 0
+    # Who --htpasswd let in (REMOTE_USER), or None.
+    remote_user: str | None = None
+    # The ScriptProtocol that answers it, if a script does.
+    script_run = None
+    # The access log's bookkeeping: when it began timing, whether it is logged.
+    access_started: float | None = None
+    access_logged = False
 
     def process(self):
         if not self.request_id:

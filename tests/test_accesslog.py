@@ -178,6 +178,11 @@ def test_with_script(status, why, expected):
 class _Request:
     """The parts of a cgiserve request that the access log reads."""
 
+    remote_user = None
+    script_run = None
+    access_started = None
+    access_logged = False
+
     def __init__(self, client=None):
         self.request_id = "feedface"
         self.method, self.uri, self.clientproto = b"POST", b"/app.py", b"HTTP/1.1"
