@@ -367,15 +367,24 @@ def test_client_gone_while_script_silent(gone_server, pids, close):
     assert_client_gone_stops(gone_server, pids, processes)
 
 
+def send_half_an_upload(sock, target: str) -> None:
+    """
+    Send the headers of a 4 MiB upload and its first 2 MiB: more than the
+    pipe and the server's read hold, so a script that does not read makes
+    the server stop reading the connection.
+    """
+    sock.sendall(
+        f"POST {target} HTTP/1.1\r\nHost: x\r\n".encode()
+        + b"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
+    )
+    sock.sendall(b"x" * (2 * MiB))
+
+
 def test_client_gone_mid_upload(gone_server, pids):
     """A client that leaves half way through its upload gets the script (reading the body, saying nothing) stopped."""
     sock = connect(gone_server.port)
     try:
-        sock.sendall(
-            b"POST /silent-reader.sh HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
-        )
-        sock.sendall(b"x" * (2 * MiB))
+        send_half_an_upload(sock, "/silent-reader.sh")
         processes = pids.read("silent"), pids.read("silent.child")
     finally:
         sock.close()
@@ -389,13 +398,7 @@ def test_client_gone_mid_upload_script_not_reading(gone_server, pids):
     # while a reset reaches the server's socket at once.
     sock = connect(gone_server.port)
     try:
-        sock.sendall(
-            b"POST /silent-deaf.sh HTTP/1.1\r\nHost: x\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
-        )
-        # More than the pipe and the server's read hold: the server stops
-        # reading the connection until the script reads.
-        sock.sendall(b"x" * (2 * MiB))
+        send_half_an_upload(sock, "/silent-deaf.sh")
         processes = pids.read("silent"), pids.read("silent.child")
         assert procfs.wait_until(lambda: unsent_stalls(sock), 5), "the server kept reading the body"
     finally:
