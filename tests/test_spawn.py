@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,9 +92,12 @@ def test_child_gets_only_stdio_and_its_environment():
 def test_child_starts_with_default_signals():
     """No standard signal is ignored (Python ignores SIGPIPE and SIGXFSZ) or blocked in the script."""
     read_end, write_end = os.pipe()
+    # grep reads its own status: a shell would show the mask it blocks
+    # while it waits for a child of its own.
+    grep = os.fsencode(shutil.which("grep"))
     try:
-        argv = [b"/bin/sh", b"-c", b"grep -E '^Sig(Ign|Blk):' /proc/$$/status"]
-        pid = spawn.posix_spawn(b"/bin/sh", argv, [], {0: read_end, 1: write_end, 2: write_end}, b"/")
+        argv = [grep, b"-E", b"^Sig(Ign|Blk):", b"/proc/self/status"]
+        pid = spawn.posix_spawn(grep, argv, [], {0: read_end, 1: write_end, 2: write_end}, b"/")
         os.close(write_end)
         write_end = None
         with os.fdopen(read_end, "rb") as out:
