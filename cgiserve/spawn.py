@@ -6,8 +6,9 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import sys
 
-from twisted.internet import defer, process, threads
+from twisted.internet import process
 from twisted.internet._baseprocess import BaseProcess
 
 # glibc's <spawn.h> flags (stable ABI since glibc 2.26 added SETSID).
@@ -39,11 +40,11 @@ def _load_libc():
     return libc
 
 
-# Through PyDLL the small set-up calls keep the GIL: a spawn in a pool
-# thread then takes it once, not once per call, from the reactor thread.
+# PyDLL: these calls are short, so they keep the GIL rather than pay for
+# releasing and taking it back.
 _libc = _load_libc()
-# Through CDLL posix_spawn itself releases the GIL while it waits for the
-# child to exec.
+# CDLL: posix_spawn releases the GIL while the kernel starts the child, so
+# the thread pool (bcrypt checks) runs meanwhile.
 _spawn = ctypes.CDLL(None, use_errno=True).posix_spawn if _libc is not None else None
 
 
@@ -102,11 +103,14 @@ def posix_spawn(
 
 _attributes = None
 
+# os.fsencode's codec, looked up once: the environment is encoded per request.
+_FS_ENCODING = sys.getfilesystemencoding()
+
 
 class ScriptProcess(process.Process):
     """
-    The transport of a script started by L{posix_spawn} (in a thread, see
-    L{spawn_script}): Twisted's C{Process} wired to pipes that already exist.
+    The transport of a script started by L{posix_spawn}: Twisted's
+    C{Process} wired to pipes that already exist.
 
     C{pipes} maps the child's descriptor to the parent's end of its pipe
     and whether the parent reads ("r") or writes ("w") it.
@@ -153,16 +157,16 @@ _devnull_fd: int | None = None
 
 def spawn_script(
     reactor, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str, stdin: bool = True
-) -> defer.Deferred:
+) -> process.Process:
     """
     Start a script in its own session and directory, connected to
-    C{protocol}: a Deferred that fires with its transport, or fails with
-    C{OSError} when it cannot be executed. Without C{stdin} the script
-    reads /dev/null.
+    C{protocol}, and return its transport; raise C{OSError} when it cannot
+    be executed. Without C{stdin} the script reads /dev/null.
 
-    posix_spawn returns only once the child has exec'd; under load that
-    waits for the scheduler to run the child, so it runs in the reactor's
-    thread pool (ctypes releases the GIL) while the reactor goes on serving.
+    Like Twisted's own C{spawnProcess}, this calls posix_spawn on the
+    reactor thread: it returns once the kernel has the child at its exec
+    (about 130 microseconds), which costs the reactor less than handing
+    the call to a thread and back (measured in bench/RESULTS.md).
     """
     if _libc is None:
         return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
@@ -185,33 +189,21 @@ def spawn_script(
         # closed) needs Twisted's general descriptor shuffling.
         _close([fd for fd, _ in parent_ends.values()] + [fd for child, fd in child_ends.items() if child or stdin])
         return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
-
-    def spawned(pid):
-        return ScriptProcess(reactor, pid, protocol, parent_ends)
-
-    def failed(failure):
+    envp = [f"{name}={value}".encode(_FS_ENCODING, "surrogateescape") for name, value in env.items()]
+    try:
+        pid = posix_spawn(os.fsencode(executable), argv, envp, child_ends, os.fsencode(cwd))
+    except OSError:
         _close([fd for fd, _ in parent_ends.values()])
-        return failure
-
-    def close_child_ends(result):
+        raise
+    finally:
         _close([fd for child, fd in child_ends.items() if child or stdin])
-        return result
-
-    arguments = (
-        os.fsencode(executable),
-        argv,
-        [os.fsencode(f"{name}={value}") for name, value in env.items()],
-        child_ends,
-        os.fsencode(cwd),
-    )
-    started = threads.deferToThreadPool(reactor, reactor.getThreadPool(), posix_spawn, *arguments)
-    return started.addBoth(close_child_ends).addCallbacks(spawned, failed)
+    return ScriptProcess(reactor, pid, protocol, parent_ends)
 
 
-def spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin) -> defer.Deferred:
+def spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin) -> process.Process:
     """L{spawn_script} by fork and exec, where posix_spawn cannot do it."""
     child_fds = {0: "w" if stdin else _devnull(), 1: "r", 2: "r"}
-    return defer.maybeDeferred(ForkedScriptProcess, reactor, executable, argv, env, cwd, protocol, None, None, child_fds)
+    return ForkedScriptProcess(reactor, executable, argv, env, cwd, protocol, None, None, child_fds)
 
 
 def _close(fds) -> None:
