@@ -8,7 +8,7 @@ import os
 import platform
 import sys
 
-from twisted.internet import process
+from twisted.internet import main, process
 from twisted.internet._baseprocess import BaseProcess
 
 # glibc's <spawn.h> flags (stable ABI since glibc 2.26 added SETSID).
@@ -107,6 +107,42 @@ _attributes = None
 _FS_ENCODING = sys.getfilesystemencoding()
 
 
+class OutputReader(process.ProcessReader):
+    """
+    A script's stdout or stderr, read up to 64 KiB at a time. After a short
+    read it looks once more, so that a script that wrote its response and
+    exited is done in the same turn of the reactor: the response's end then
+    leaves with its body, in one write to the client.
+    """
+
+    reading = False
+
+    def startReading(self):
+        self.reading = True
+        super().startReading()
+
+    def stopReading(self):
+        self.reading = False
+        super().stopReading()
+
+    def doRead(self):
+        for _ in range(2):
+            try:
+                data = os.read(self.fd, self.bufferSize)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return main.CONNECTION_LOST
+            if not data:
+                return main.CONNECTION_DONE
+            self.dataReceived(data)
+            if len(data) == self.bufferSize or not self.reading or self.disconnecting:
+                # More is waiting (the next turn reads it), or the response
+                # is paused or given up.
+                return None
+        return None
+
+
 class ScriptProcess(process.Process):
     """
     The transport of a script started by L{posix_spawn}: Twisted's
@@ -115,6 +151,8 @@ class ScriptProcess(process.Process):
     C{pipes} maps the child's descriptor to the parent's end of its pipe
     and whether the parent reads ("r") or writes ("w") it.
     """
+
+    processReaderFactory = OutputReader
 
     def __init__(self, reactor, pid: int, protocol, pipes: dict[int, tuple[int, str]]) -> None:
         BaseProcess.__init__(self, protocol)
@@ -135,6 +173,8 @@ class ForkedScriptProcess(process.Process):
     Where glibc's posix_spawn extensions are missing: Twisted's fork and
     exec, plus C{setsid} so the script still leads its own process group.
     """
+
+    processReaderFactory = OutputReader
 
     def _trySpawnInsteadOfFork(self, *args):
         return False
