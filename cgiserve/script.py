@@ -28,7 +28,8 @@ _NPH_PREFIX = "nph-"
 def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
     """The plain facts of a Twisted request that a script's environment is made of."""
     host_header = request.getHeader(b"host")
-    ends = connection_ends(request.getClientAddress(), request.getHost(), host_header, request.isSecure())
+    secure = request.isSecure()
+    ends = connection_ends(request.getClientAddress(), request.getHost(), host_header, secure)
     content_length = None
     if request.streamed_body is not None:
         content_length = _declared_length(request)
@@ -51,7 +52,7 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
         server_addr=ends.server_addr,
         server_port=ends.server_port,
         server_name=ends.server_name,
-        scheme="https" if request.isSecure() else "http",
+        scheme="https" if secure else "http",
         request_id=request.request_id,
         content_length=content_length,
         content_type=request.getHeader(b"content-type"),

@@ -163,6 +163,13 @@ class Channel(http.HTTPChannel):
     _log = Logger()
     _header_call = None
     _awaiting_headers = True
+    _host = None
+
+    def getHost(self):
+        # Asked once per script run; a connection's own address never changes.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def dataReceived(self, data):
         super().dataReceived(data)
