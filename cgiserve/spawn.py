@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_spawn -*-
+# -*- test-case-name: tests.test_spawn,tests.test_output_reader -*-
 """Starting a script: straight into its own directory and session, without forking the server."""
 
 from __future__ import annotations
