@@ -1,13 +1,14 @@
 """Benchmark cgiserve against twistd web, lighttpd and http.server.
 
-Usage: python3 bench/run.py [--quick] [--duration S] [--servers a,b]
-                            [--markdown PATH]
+Usage: python3 bench/run.py [--quick] [--duration S] [--rounds N]
+                            [--servers a,b] [--markdown PATH]
 """
 
 import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +36,14 @@ LOADS = [
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=int, default=10,
-                   help="seconds per wrk run (default 10)")
+    p.add_argument("--duration", type=int, default=4,
+                   help="seconds per wrk run (default 4)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="wrk runs per server and scenario, the servers taking "
+                        "turns; the table shows their median (default 3)")
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 s loads, 20 MiB upload, 2 s download")
+                   help="smoke run: one round of 2 s loads, 20 MiB upload, "
+                        "2 s download")
     p.add_argument("--servers", default=os.environ.get("BENCH_SERVERS",
                                                        DEFAULT_SERVERS),
                    help=f"comma-separated subset of {DEFAULT_SERVERS} "
@@ -51,7 +56,8 @@ def parse_args():
     if unknown:
         p.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.quick:
-        args.duration, args.upload_mib, args.download_s = 2, 20, 2
+        args.duration, args.rounds = 2, 1
+        args.upload_mib, args.download_s = 20, 2
     else:
         args.upload_mib, args.download_s = 200, 8
     return args
@@ -68,20 +74,51 @@ def ensure_tools(servers):
         subprocess.run(["apt-get", "install", "-y", *missing], check=True)
 
 
-def bench_server(server, args, loads, big):
-    """Run every scenario against one started server, filling the dicts."""
-    pid = server.pid
-    time.sleep(1)
-    mem = big[server.name] = {"idle RSS": fmt_mib(procfs.rss(pid))}
-    for name, path, expected, threads, conns in LOADS:
-        print(f"  {name}", flush=True)
-        try:
-            clients.check(server.port, path, expected)
-            loads[name][server.name] = clients.wrk(
-                server.port, path, threads, conns, args.duration)
-        except (clients.CheckError, subprocess.SubprocessError) as e:
-            loads[name][server.name] = {"error": str(e)}
+def bench_loads(servers, args, loads):
+    """Run every wrk scenario: each server in turn, round after round.
 
+    Taking turns spreads any drift in the machine's speed over all servers
+    alike, so the ratios between them hold better than the absolute figures.
+    """
+    for name, path, expected, threads, conns in LOADS:
+        print(f"{name}", flush=True)
+        runs = {}
+        for server in servers:
+            try:
+                clients.check(server.port, path, expected)
+                runs[server.name] = []
+            except (clients.CheckError, OSError) as e:
+                loads[name][server.name] = {"error": str(e)}
+        for turn in range(args.rounds):
+            # Rotate the order so that no server always runs first.
+            for server in servers[turn % len(servers):] + servers[:turn % len(servers)]:
+                if server.name not in runs:
+                    continue
+                try:
+                    runs[server.name].append(clients.wrk(
+                        server.port, path, threads, conns, args.duration))
+                except (clients.CheckError, subprocess.SubprocessError) as e:
+                    loads[name][server.name] = {"error": str(e)}
+                    del runs[server.name]
+        for server_name, results in runs.items():
+            loads[name][server_name] = median_run(results)
+
+
+def median_run(results):
+    """One row from several wrk runs: medians of rates and latencies, sums of errors."""
+    return {
+        "rps": statistics.median(r["rps"] for r in results),
+        "p50": statistics.median(r["p50"] for r in results),
+        "p99": statistics.median(r["p99"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "read_errors": sum(r["read_errors"] for r in results),
+    }
+
+
+def bench_bodies(server, args, big):
+    """The upload and slow-download scenarios against one server."""
+    pid = server.pid
+    mem = big[server.name]
     print(f"  upload {args.upload_mib} MiB", flush=True)
     base = procfs.rss(pid)
     try:
@@ -176,24 +213,38 @@ def main():
         root = os.path.join(workdir, "root")
         os.mkdir(root)
         docroot.build(root)
-        for name in args.servers:
-            print(f"{name}:", flush=True)
-            server = Server(name, root, workdir)
-            try:
-                server.wait_ready()
-                bench_server(server, args, loads, big)
-            except StartError as e:
-                print(f"  skipped, did not start: {e}", flush=True)
-                for scenario in loads.values():
-                    scenario[name] = {"error": f"did not start: {e}"}
-                big[name] = {"idle RSS": "did not start"}
-            finally:
+        servers = []
+        try:
+            for name in args.servers:
+                server = Server(name, root, workdir)
+                servers.append(server)
+            running = []
+            for server in servers:
+                try:
+                    server.wait_ready()
+                    running.append(server)
+                except StartError as e:
+                    print(f"{server.name}: skipped, did not start: {e}", flush=True)
+                    for scenario in loads.values():
+                        scenario[server.name] = {"error": f"did not start: {e}"}
+                    big[server.name] = {"idle RSS": "did not start"}
+            time.sleep(1)
+            for server in running:
+                big[server.name] = {"idle RSS": fmt_mib(procfs.rss(server.pid))}
+            bench_loads(running, args, loads)
+            for server in running:
+                print(f"{server.name}:", flush=True)
+                bench_bodies(server, args, big)
+        finally:
+            for server in servers:
                 server.stop()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     facts = "\n".join(f"- {k}: {v}" for k, v in report.machine_facts())
-    text = (f"## Machine\n\n{facts}\n- wrk duration: {args.duration} s\n"
+    text = (f"## Machine\n\n{facts}\n"
+            f"- wrk: {args.rounds} rounds of {args.duration} s per server "
+            f"and scenario, servers taking turns; medians shown\n"
             f"- total bench time: {time.monotonic() - started:.0f} s\n"
             f"- 1-minute load average: {load_before:.2f} before, "
             f"{os.getloadavg()[0]:.2f} after\n\n"
