@@ -7,7 +7,6 @@ import os
 import stat
 
 from twisted.logger import Logger
-from twisted.python import filepath
 from twisted.web import pages, static
 from twisted.web.http import OK
 
@@ -85,26 +84,25 @@ class DocumentRoot(static.File):
             name = path.decode("utf-8")
         except UnicodeDecodeError:
             return self.childNotFound
-        if name.startswith("."):
+        # The Site hands over decoded, normalised segments; dotfiles stay hidden.
+        if name.startswith(".") or os.sep in name or "\0" in name:
             return self.childNotFound
+        if name:
+            # A parent that is gone or not a directory fails the child's
+            # lstat (ENOENT, ENOTDIR): no need to stat the parent first.
+            return self.resource_for(os.path.join(self.path, name))
         self.restat(reraise=False)
         if not self.isdir():
             return self.childNotFound
-        if not name:
-            index = self.childSearchPreauth(*self.indexNames)
-            if index is not None:
-                return self.resource_for(index)
-            if self.config.listing:
-                return self.directoryListing()
-            return pages.forbidden("Forbidden", "Directory listing is off.")
-        try:
-            return self.resource_for(self.child(name))
-        except filepath.InsecurePath:
-            return self.childNotFound
+        index = self.childSearchPreauth(*self.indexNames)
+        if index is not None:
+            return self.resource_for(index.path)
+        if self.config.listing:
+            return self.directoryListing()
+        return pages.forbidden("Forbidden", "Directory listing is off.")
 
-    def resource_for(self, child: filepath.FilePath):
-        """The resource for a child path: a script, a static file, or not found."""
-        path = child.path
+    def resource_for(self, path: str):
+        """The resource for a path in this directory: a script, a static file, or not found."""
         try:
             mode = os.lstat(path).st_mode
             if stat.S_ISLNK(mode):
