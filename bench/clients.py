@@ -39,7 +39,7 @@ def _ms(text):
 
 
 def wrk(port, path, threads, connections, duration):
-    """Run wrk; return rps, p50 and p99 (ms), errors and read_errors."""
+    """Run wrk; return requests, rps, p50 and p99 (ms), errors and read_errors."""
     out = subprocess.run(
         ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
          "--timeout", "5s", "--latency", f"http://{HOST}:{port}{path}"],
@@ -58,6 +58,7 @@ def wrk(port, path, threads, connections, duration):
         return match.group(1)
 
     return {
+        "requests": int(find(r"(\d+) requests in")),
         "rps": float(find(r"Requests/sec:\s+([\d.]+)")),
         "p50": _ms(find(r"^\s+50%\s+(\S+)")),
         "p99": _ms(find(r"^\s+99%\s+(\S+)")),

@@ -17,6 +17,21 @@ def rss(pid):
     return 0
 
 
+def cpu_seconds(pid):
+    """CPU time (user and system) of one process itself, not its children, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_times():
+    """(busy, total) CPU time of the whole machine so far, in clock ticks."""
+    with open("/proc/stat") as f:
+        ticks = [int(n) for n in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def spooled(pid):
     """Total size of deleted regular files the process holds open, in bytes.
 

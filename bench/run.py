@@ -95,13 +95,25 @@ def bench_loads(servers, args, loads):
                 if server.name not in runs:
                     continue
                 try:
-                    runs[server.name].append(clients.wrk(
-                        server.port, path, threads, conns, args.duration))
+                    runs[server.name].append(measured_wrk(
+                        server, path, threads, conns, args.duration))
                 except (clients.CheckError, subprocess.SubprocessError) as e:
                     loads[name][server.name] = {"error": str(e)}
                     del runs[server.name]
         for server_name, results in runs.items():
             loads[name][server_name] = median_run(results)
+
+
+def measured_wrk(server, path, threads, conns, duration):
+    """One wrk run, with the server's own CPU time per request and how busy the machine was."""
+    cpu_before = procfs.cpu_seconds(server.pid)
+    busy_before, total_before = procfs.machine_times()
+    result = clients.wrk(server.port, path, threads, conns, duration)
+    busy_after, total_after = procfs.machine_times()
+    cpu = procfs.cpu_seconds(server.pid) - cpu_before
+    result["cpu_us"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
+    result["busy"] = (busy_after - busy_before) / max(total_after - total_before, 1)
+    return result
 
 
 def median_run(results):
@@ -110,6 +122,8 @@ def median_run(results):
         "rps": statistics.median(r["rps"] for r in results),
         "p50": statistics.median(r["p50"] for r in results),
         "p99": statistics.median(r["p99"] for r in results),
+        "cpu_us": statistics.median(r["cpu_us"] for r in results),
+        "busy": statistics.median(r["busy"] for r in results),
         "errors": sum(r["errors"] for r in results),
         "read_errors": sum(r["read_errors"] for r in results),
     }
@@ -174,19 +188,20 @@ def load_table(loads):
         ref = loads[name].get("cgiserve", {})
         for server, r in loads[name].items():
             if "error" in r:
-                rows.append([name, server, "", "", "", "", "", "",
+                rows.append([name, server, "", "", "", "", "", "", "", "",
                              f"FAIL: {r['error']}"[:100]])
                 continue
             peer = server != "cgiserve"
             rows.append([
                 name, server, f"{r['rps']:.0f}", f"{r['p50']:.2f}",
                 f"{r['p99']:.2f}", r["errors"],
+                f"{r['cpu_us']:.0f}", f"{r['busy']:.0%}",
                 ratio(ref.get("rps"), r["rps"]) if peer else "",
                 ratio(ref.get("p50"), r["p50"]) if peer else "",
                 f"{r['read_errors']} socket read errors" if r["read_errors"] else ""])
     return report.table(
         ["scenario", "server", "req/s", "p50 ms", "p99 ms", "errors",
-         "req/s cgiserve/peer", "p50 cgiserve/peer", "note"], rows)
+         "server CPU us/req", "machine busy", "req/s cgiserve/peer", "p50 cgiserve/peer", "note"], rows)
 
 
 def big_table(big, args):
