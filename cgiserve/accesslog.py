@@ -14,12 +14,9 @@ from twisted.logger import Logger
 from twisted.web.http import datetimeToLogString
 
 from cgiserve.addresses import client_end
-
-COMBINED = "combined"
-JSON = "json"
-FORMATS = (COMBINED, JSON)
-
-STDOUT = "-"
+from cgiserve.config import ACCESS_LOG_COMBINED as COMBINED
+from cgiserve.config import ACCESS_LOG_JSON as JSON
+from cgiserve.config import ACCESS_LOG_STDOUT as STDOUT
 
 # nginx's status for a request whose client left before the response
 # began; log analysers know it.

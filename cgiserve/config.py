@@ -22,6 +22,13 @@ DEFAULT_KILL_GRACE_SECONDS = 5.0
 DEFAULT_MAX_STDERR_BYTES = 64 * 1024
 
 
+# The access log's formats, and the path that means the standard output.
+ACCESS_LOG_COMBINED = "combined"
+ACCESS_LOG_JSON = "json"
+ACCESS_LOG_FORMATS = (ACCESS_LOG_COMBINED, ACCESS_LOG_JSON)
+ACCESS_LOG_STDOUT = "-"
+
+
 def default_max_scripts() -> int:
     """Eight running scripts per CPU core: enough to keep the cores busy while others wait on I/O."""
     return 8 * (os.cpu_count() or 1)

@@ -10,8 +10,15 @@ from twisted.application import service, strports
 from twisted.internet import endpoints
 from twisted.python import usage
 
-from cgiserve.accesslog import FORMATS, STDOUT, AccessLog
-from cgiserve.config import DEFAULT_INDEX_NAMES, SERVER_SOFTWARE, MiB, ServerConfig, default_max_scripts
+from cgiserve.config import (
+    ACCESS_LOG_FORMATS,
+    ACCESS_LOG_STDOUT,
+    DEFAULT_INDEX_NAMES,
+    SERVER_SOFTWARE,
+    MiB,
+    ServerConfig,
+    default_max_scripts,
+)
 from cgiserve.environ import EnvironSettings
 from cgiserve.paths import BadPath, path_segments
 from cgiserve.privileges import RootWarning
@@ -67,17 +74,17 @@ _size.coerceDoc = "Bytes, 0 or more."
 
 
 def _log_format(value: str) -> str:
-    if value not in FORMATS:
-        raise ValueError(" or ".join(FORMATS))
+    if value not in ACCESS_LOG_FORMATS:
+        raise ValueError(" or ".join(ACCESS_LOG_FORMATS))
     return value
 
 
-_log_format.coerceDoc = "One of: " + ", ".join(FORMATS) + "."
+_log_format.coerceDoc = "One of: " + ", ".join(ACCESS_LOG_FORMATS) + "."
 
 
 def _access_log(path: str) -> str:
     """The access log's absolute path, or C{-}, if twistd will be able to open it."""
-    if path == STDOUT:
+    if path == ACCESS_LOG_STDOUT:
         return path
     path = os.path.abspath(path)
     if os.path.isdir(path) or not os.access(os.path.dirname(path), os.W_OK):
@@ -246,7 +253,7 @@ class Options(usage.Options):
         inherited = {name: os.environ[name] for name in self["pass-env"] if name in os.environ}
         cwd = os.getcwd()
         # Never served either: the access log and the password file.
-        own_files = [self[name] for name in ("access-log", "htpasswd") if self[name] not in (None, STDOUT)]
+        own_files = [self[name] for name in ("access-log", "htpasswd") if self[name] not in (None, ACCESS_LOG_STDOUT)]
         return ServerConfig(
             root=self["root"],
             environ=EnvironSettings(
@@ -291,6 +298,9 @@ def makeService(options: Options) -> service.MultiService:
         root = BasicAuthGuard(root, checker, options["auth-realm"], options["auth-path"])
     site = Site(root, config)
     if options["access-log"]:
+        # Imported only when used, like auth.
+        from cgiserve.accesslog import AccessLog
+
         site.access_log = AccessLog(options["access-log"], options["access-log-format"])
         site.access_log.setServiceParent(top)
     for description in options["listen"]:
