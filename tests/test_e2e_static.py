@@ -355,6 +355,16 @@ def test_dotfiles_not_found(server, target):
         assert secret not in response.raw
 
 
+@pytest.mark.parametrize(
+    "target", ["/hello.txt/child", "/hello.txt/", "/a/c.txt/x/y", "/missing/hello.txt", "/missing/", "/a/missing/c.txt"]
+)
+def test_below_a_file_or_missing_directory_not_found(server, target):
+    """A path through a regular file or a directory that does not exist names nothing: 404."""
+    response = get(server, target)
+    assert response.status == 404
+    assert b"hello, static" not in response.body
+
+
 @pytest.mark.parametrize("target", ["/escape.txt", "/escape-abs.txt", "/escape-dir/secret.txt", "/escape-dir/"])
 def test_symlink_out_of_root_not_found(server, target):
     """A symlink whose target leaves the root gets 404."""
