@@ -655,8 +655,8 @@ def test_chunked_upload_20_mib_byte_exact(unlimited_server):
     assert_log_clean(unlimited_server)
 
 
-def test_slow_download_back_pressure(start_server, docroot, pids):
-    """A client reading a 200 MiB response slowly holds the script back (it writes at most a few MiB ahead); closing stops it and frees its slot."""
+def write_big_download(docroot: Path, pids) -> None:
+    """big.sh: records its pid, then writes 200 MiB, more than any slow client reads in a test."""
     write_script(
         docroot,
         "big.sh",
@@ -666,6 +666,11 @@ def test_slow_download_back_pressure(start_server, docroot, pids):
             "exec head -c 209715200 /dev/zero\n"
         ),
     )
+
+
+def test_slow_download_back_pressure(start_server, docroot, pids):
+    """A client reading a 200 MiB response slowly holds the script back (it writes at most a few MiB ahead); closing stops it and frees its slot."""
+    write_big_download(docroot, pids)
     write_script(docroot, "hello.sh", sh("printf 'Content-Type: text/plain\\n\\nhello\\n'\n"))
     # One script slot: the next request runs only once the first script has ended.
     server = start_server("--timeout", "60", "--kill-grace", "1", "--max-scripts", "1", "--queue-timeout", "5")
@@ -884,15 +889,7 @@ def test_shutdown_finishes_short_scripts_and_kills_stubborn_ones(start_server, d
 
 def test_shutdown_stops_script_held_back_by_slow_client(start_server, docroot, pids):
     """On SIGTERM a script whose output waits for a slow client is stopped like any other: the server exits after grace + kill-grace."""
-    write_script(
-        docroot,
-        "big.sh",
-        sh(
-            f"echo $$ > {pids.dir}/big\n"
-            "printf 'Content-Type: application/octet-stream\\n\\n'\n"
-            "exec head -c 209715200 /dev/zero\n"
-        ),
-    )
+    write_big_download(docroot, pids)
     server = start_server("--shutdown-grace", "1", "--kill-grace", "1")
     with connect(server.port, rcvbuf=64 * 1024) as sock:
         sock.sendall(b"GET /big.sh HTTP/1.1\r\nHost: x\r\n\r\n")
