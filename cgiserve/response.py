@@ -17,6 +17,9 @@ _STATUS = re.compile(rb"([2-5][0-9][0-9])(?:[ \t]+(.*))?")
 _DIGITS = re.compile(rb"[0-9]+")
 # scheme ":" per RFC 3986 3.1, the mark of an absolute URI.
 _ABSOLUTE_URI = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*:")
+# RFC 9110 5.5: a field value holds no control character but HTAB; CR,
+# LF and NUL would split the response, the others confuse its readers.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 # The server owns these: it writes Server and Date itself, and it frames
 # the body (RFC 9112 6, 9.6); a script's own framing would corrupt the
@@ -111,8 +114,8 @@ def parse_field(line: bytes) -> tuple[bytes, bytes]:
     One header line (without its line end) as (name, value).
 
     Accepts C{Name:value} with or without spaces; refuses folded lines,
-    names that are not tokens, and values holding CR or NUL, which could
-    split the response.
+    names that are not tokens, and values holding a control character
+    other than HTAB.
     """
     name, colon, value = line.partition(b":")
     if not colon:
@@ -120,8 +123,8 @@ def parse_field(line: bytes) -> tuple[bytes, bytes]:
     if not _TOKEN.fullmatch(name):
         raise CGIResponseError(f"malformed header name: {name[:80]!r}")
     value = value.strip(b" \t")
-    if b"\r" in value or b"\0" in value:
-        raise CGIResponseError(f"header {name.decode('ascii')} holds CR or NUL: {value[:80]!r}")
+    if _CONTROL.search(value):
+        raise CGIResponseError(f"header {name.decode('ascii')} holds a control character: {value[:80]!r}")
     return name, value
 
 

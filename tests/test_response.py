@@ -146,17 +146,21 @@ MALFORMED = [
     (b"X-A: 1\n folded\n\n", "malformed header line"),
     (b"X-A: 1\n\tfolded: x\n\n", "malformed header name"),
     (b" X-A: 1\n\n", "malformed header name"),
-    # A CR or NUL in a value could split the response.
-    (b"X-A: a\rb\n\n", "holds CR or NUL"),
-    (b"X-A: a\r\r\n\r\n", "holds CR or NUL"),
-    (b"X-A: a\0b\n\n", "holds CR or NUL"),
-    (b"Location: /x\rSet-Cookie: evil=1\n\n", "holds CR or NUL"),
+    # A CR or NUL in a value could split the response; no control character but HTAB is valid.
+    (b"X-A: a\rb\n\n", "holds a control character"),
+    (b"X-A: a\r\r\n\r\n", "holds a control character"),
+    (b"X-A: a\0b\n\n", "holds a control character"),
+    (b"Location: /x\rSet-Cookie: evil=1\n\n", "holds a control character"),
+    (b"X-A: b\x01ar\n\n", "holds a control character"),
+    (b"X-A: b\x1far\r\n\r\n", "holds a control character"),
+    (b"X-A: b\x7far\n\n", "holds a control character"),
+    (b"X-A: \x0bvalue\n\n", "holds a control character"),
 ]
 
 
 @pytest.mark.parametrize(("output", "message"), MALFORMED)
 def test_malformed_head_is_refused(output, message):
-    """A line without a colon, a name that is not a token, a folded line or a CR/NUL in a value is refused."""
+    """A line without a colon, a name that is not a token, a folded line or a control character in a value is refused."""
     refused(output, message)
 
 
@@ -295,6 +299,8 @@ FIELDS = [
     (b"Name: a  b", (b"Name", b"a  b")),
     (b"!#$%&'*+-.^_`|~09azAZ: v", (b"!#$%&'*+-.^_`|~09azAZ", b"v")),
     (b"X: \xff\x80", (b"X", b"\xff\x80")),
+    # HTAB is the one control character a value may hold (RFC 9110 5.5).
+    (b"X: a\tb", (b"X", b"a\tb")),
 ]
 
 
@@ -315,13 +321,15 @@ def test_parse_field_splits_at_the_first_colon(line, field):
         (b"Name : v", "malformed header name"),
         (b"\tName: v", "malformed header name"),
         (b"Na\0me: v", "malformed header name"),
-        (b"Name: a\rb", "holds CR or NUL"),
-        (b"Name: a\r", "holds CR or NUL"),
-        (b"Name: \0", "holds CR or NUL"),
+        (b"Name: a\rb", "holds a control character"),
+        (b"Name: a\r", "holds a control character"),
+        (b"Name: \0", "holds a control character"),
+        (b"Name: b\x01ar", "holds a control character"),
+        (b"Name: \x7f", "holds a control character"),
     ],
 )
 def test_parse_field_refuses_malformed_lines(line, message):
-    """A line without a colon, a name that is not a token, or a value with CR or NUL is refused."""
+    """A line without a colon, a name that is not a token, or a value with a control character but HTAB is refused."""
     with pytest.raises(CGIResponseError, match=message):
         parse_field(line)
 
