@@ -48,7 +48,8 @@ def connection_ends(client, server, host_header: bytes | None, secure: bool) -> 
     Over TCP (IPv4 or IPv6, or the PROXY protocol, whose addresses are the
     ones HAProxy reports) these are the addresses and ports, and
     SERVER_NAME is the Host header's name, else the address the client
-    connected to (an IPv6 one in brackets, RFC 3875 4.1.14). Over a unix
+    connected to (an IPv6 one in brackets, RFC 3875 4.1.14), in lower
+    case. Over a unix
     socket, which has no ports, SERVER_PORT is the Host header's port, else
     the scheme's default, so that scripts can still build their own URLs.
     """
@@ -56,7 +57,8 @@ def connection_ends(client, server, host_header: bytes | None, secure: bool) -> 
     if host_header is not None:
         match = _HOST_HEADER.fullmatch(host_header)
         if match is not None:
-            name = os.fsdecode(match.group("name"))
+            # Host names are case-insensitive (RFC 9110 4.2.3); Apache lowers them too.
+            name = os.fsdecode(match.group("name")).lower()
             port = match.group("port")
     remote_addr, remote_port = client_end(client)
     if isinstance(server, (IPv4Address, IPv6Address)):

@@ -32,6 +32,10 @@ UNIX_SERVER = UNIXAddress(b"/run/cgiserve.sock")
         (UNIX_CLIENT, UNIX_SERVER, b"example.test", True, Ends(*UNIX, 443, "example.test")),
         (UNIX_CLIENT, UNIX_SERVER, None, False, Ends(*UNIX, 80, "localhost")),
         (UNIX_CLIENT, UNIX_SERVER, b"[::1]:81", False, Ends(*UNIX, 81, "[::1]")),
+        # Host names are case-insensitive: SERVER_NAME is lower case.
+        (V4_CLIENT, V4_SERVER, b"Example.TEST:8080", False, Ends(*V4, "example.test")),
+        (V6_CLIENT, V6_SERVER, b"[2001:DB8::1]", True, Ends(*V6, "[2001:db8::1]")),
+        (UNIX_CLIENT, UNIX_SERVER, b"WWW.Example.Test", False, Ends(*UNIX, 80, "www.example.test")),
     ],
 )
 def test_connection_ends(client, server, host, secure, expected):
