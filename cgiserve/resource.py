@@ -7,7 +7,7 @@ import os
 import stat
 
 from twisted.logger import Logger
-from twisted.web import pages, static
+from twisted.web import pages, resource, static
 from twisted.web.http import OK
 
 from cgiserve.config import ServerConfig
@@ -16,9 +16,13 @@ from cgiserve.runner import ScriptRunner
 
 _STATIC_METHODS = (b"GET", b"HEAD")
 
-# Extensions that suggest a file was meant to run; a POST to one that is
-# not executable gets a hint in the log.
-_SCRIPT_EXTENSIONS = frozenset({".py", ".cgi", ".sh", ".pl", ".php", ".rb"})
+# As with Apache's "AddHandler cgi-script .cgi": such a file is meant to
+# run, so it is never served as a static file (the classic source leak).
+_CGI_EXTENSION = ".cgi"
+
+# Other extensions that suggest a file was meant to run. Such a file that
+# cannot run is static, as in Apache; a POST to it gets a hint in the log.
+_SCRIPT_EXTENSIONS = frozenset({".py", ".sh", ".pl", ".php", ".rb"})
 
 
 def method_not_allowed(request):
@@ -57,14 +61,32 @@ class Listing(static.DirectoryLister):
         return super().render(request)
 
 
+class _Unrunnable(resource.Resource):
+    """A script that cannot run: 403 for every method, never its source; logged when rendered, not when looked up."""
+
+    isLeaf = True
+
+    def __init__(self, directory: "DocumentRoot", path: str) -> None:
+        super().__init__()
+        self.directory = directory
+        self.path = path
+
+    def render(self, request):
+        self.directory.log_not_run(request, 403, self.path)
+        return pages.forbidden("Forbidden", "This script cannot run.").render(request)
+
+
 class DocumentRoot(static.File):
     """
     A file or directory under the document root.
 
     Children that are executable regular files (or whose extension has an
     interpreter) become L{CGIScript}s; other regular files and directories
-    are served by L{static.File}. Dotfiles, files the server writes itself,
-    symlinks leading out of the root and special files do not exist here.
+    are served by L{static.File}, except that a C{.cgi} file, or any
+    regular file under a C{--cgi-dir}, that cannot run gets 403 rather
+    than its source. Outside every C{--cgi-dir} nothing runs, as in
+    Apache. Dotfiles, files the server writes itself, symlinks leading out
+    of the root and special files do not exist here.
     """
 
     _log = Logger()
@@ -118,9 +140,15 @@ class DocumentRoot(static.File):
             return self.createSimilarFile(path)
         if not stat.S_ISREG(mode):
             return self.childNotFound
-        interpreter = self.config.interpreters.get(os.path.splitext(path)[1])
-        if (interpreter is not None or os.access(path, os.X_OK)) and self.config.may_run(path):
+        extension = os.path.splitext(path)[1]
+        if not self.config.may_run(path):
+            return _Unrunnable(self, path) if extension == _CGI_EXTENSION else self.createSimilarFile(path)
+        interpreter = self.config.interpreters.get(extension)
+        if interpreter is not None or os.access(path, os.X_OK):
             return CGIScript(path, self.config, interpreter, self.runner)
+        # With --cgi-dir given, a file that may run lies in a script directory.
+        if extension == _CGI_EXTENSION or self.config.cgi_dirs:
+            return _Unrunnable(self, path)
         return self.createSimilarFile(path)
 
     def inside_root(self, real: str) -> bool:
@@ -152,15 +180,20 @@ class DocumentRoot(static.File):
         if request.method in _STATIC_METHODS:
             return super().render(request)
         if self.isfile() and os.path.splitext(self.path)[1] in _SCRIPT_EXTENSIONS:
-            if not self.config.may_run(self.path):
-                hint = "which is outside every --cgi-dir"
-            else:
-                hint = "which is not executable: chmod +x it to run it as a script"
-            self._log.info(
-                "[{request_id}] {method} to {path}, {hint}",
-                request_id=request.request_id,
-                method=request.method.decode("ascii", "replace"),
-                path=self.path,
-                hint=hint,
-            )
+            self.log_not_run(request, 405, self.path)
         return method_not_allowed(request)
+
+    def log_not_run(self, request, status: int, path: str) -> None:
+        """Log the one line saying why the file at C{path}, which looks like a script, did not run, and the fix."""
+        if not self.config.may_run(path):
+            hint = "outside every --cgi-dir: move it into one to run it as a script"
+        else:
+            hint = "not executable: chmod +x it to run it as a script"
+        self._log.info(
+            "[{request_id}] {status} for {method} {path}: {hint}",
+            request_id=request.request_id,
+            status=status,
+            method=request.method.decode("ascii", "replace"),
+            path=path,
+            hint=hint,
+        )

@@ -16,7 +16,7 @@ import pytest
 from cgiserve import __version__
 from cgiserve.environ import SAFE_PATH
 from tests.conftest import write_script
-from tests.http import Connection, build_request, request
+from tests.http import Connection, build_request, request, wait_for
 from tests.server import CHECKOUT, Server
 
 PYTHON = sys.executable
@@ -43,6 +43,9 @@ sys.stdout.write("Content-Type: application/json\\r\\n\\r\\n" + json.dumps(repor
 
 SENTINEL_PATH_DIR = "/nonexistent-cgiserve-sentinel-bin"
 
+# In the source of scripts that must never be served as files.
+PASSWORD = "hunter2-SOURCE-MARKER"
+
 
 def sh(body: str) -> str:
     return "#!/bin/sh\n" + body
@@ -61,6 +64,15 @@ def build_docroot(root: Path) -> None:
         sh("printf 'Content-Type: text/plain\\nX-Method: %s\\n\\n%s' \"$REQUEST_METHOD\" \"$REQUEST_METHOD\"\n"),
     )
     (root / "other.txt").write_text("the other file\n")
+    # Scripts that cannot run, for the 403 tests; --cgi-dir cgi-bin.
+    secret = sh(f"# PASSWORD={PASSWORD}\nprintf 'Content-Type: text/plain\\n\\nran %s' \"$SCRIPT_NAME\"\n")
+    write_script(root, "secret.cgi", secret, mode=0o644)
+    write_script(root, "run.cgi", secret)
+    write_script(root, "cgi-bin/readme.txt", f"PASSWORD={PASSWORD}\n", mode=0o644)
+    write_script(root, "cgi-bin/x.py", f"#!{PYTHON}\nPASSWORD = {PASSWORD!r}\n", mode=0o644)
+    write_script(root, "cgi-bin/run.sh", secret)
+    write_script(root, "cgi-bin/sub/.hidden", PASSWORD, mode=0o644)
+    write_script(root, "notes.txt", "static notes\n", mode=0o644)
     outputs = {
         "status-reason.sh": "printf 'Status: 404 Not Found Here\\r\\nContent-Type: text/plain\\r\\n\\r\\nmissing\\n'",
         "status-plain.sh": "printf 'Status: 404 Not Found\\nContent-Type: text/plain\\n\\nmissing\\n'",
@@ -130,7 +142,13 @@ def flags_server(root):
 
 @pytest.fixture(scope="module")
 def interpreter_server(root):
-    with Server(root, "--interpreter", ".py=python3", env=server_env()) as server:
+    with Server(root, "--interpreter", ".py=python3", "--interpreter", ".cgi=sh", env=server_env()) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def cgi_dir_server(root):
+    with Server(root, "--cgi-dir", "cgi-bin", env=server_env()) as server:
         yield server
 
 
@@ -166,6 +184,87 @@ def test_without_interpreter_non_executable_file_is_static(server):
     response = request(server.port, "GET", "/plain.py")
     assert response.status == 200
     assert response.body.startswith(b"#!")
+
+
+# -- scripts that cannot run: 403, never their source
+
+
+def not_run_lines(server, response, path: str) -> list[str]:
+    """The server's log lines about this response's request and this path."""
+    request_id = response.header("X-Request-Id")
+    return wait_for(lambda: [line for line in server.log().splitlines() if request_id in line and path in line])
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+def test_non_executable_cgi_forbidden(server, root, method):
+    """A .cgi without the exec bit gets 403 for every method, never its source, and one log line saying chmod +x."""
+    body = None if method in ("GET", "HEAD") else b"x=1"
+    response = request(server.port, method, "/secret.cgi", body=body)
+    assert response.status == 403
+    assert PASSWORD.encode() not in response.raw
+    lines = not_run_lines(server, response, str(root / "secret.cgi"))
+    assert len(lines) == 1
+    assert "not executable: chmod +x" in lines[0]
+
+
+def test_executable_cgi_runs(server):
+    """An executable .cgi runs."""
+    response = request(server.port, "GET", "/run.cgi")
+    assert response.status == 200
+    assert response.body == b"ran /run.cgi"
+
+
+def test_cgi_with_interpreter_runs_without_exec_bit(interpreter_server):
+    """With --interpreter .cgi=sh a .cgi without the exec bit runs."""
+    response = request(interpreter_server.port, "GET", "/secret.cgi")
+    assert response.status == 200
+    assert response.body == b"ran /secret.cgi"
+
+
+@pytest.mark.parametrize("name", ["readme.txt", "x.py"])
+def test_non_executable_file_in_cgi_dir_forbidden(cgi_dir_server, root, name):
+    """Under --cgi-dir a file without the exec bit gets 403, never its content, and one log line saying chmod +x."""
+    response = request(cgi_dir_server.port, "GET", f"/cgi-bin/{name}")
+    assert response.status == 403
+    assert PASSWORD.encode() not in response.raw
+    lines = not_run_lines(cgi_dir_server, response, str(root / "cgi-bin" / name))
+    assert len(lines) == 1
+    assert "not executable: chmod +x" in lines[0]
+
+
+def test_executable_in_cgi_dir_runs(cgi_dir_server):
+    """Under --cgi-dir an executable file runs."""
+    assert request(cgi_dir_server.port, "GET", "/cgi-bin/run.sh").body == b"ran /cgi-bin/run.sh"
+
+
+def test_cgi_outside_cgi_dir_forbidden(cgi_dir_server, root):
+    """With --cgi-dir an executable .cgi elsewhere gets 403, never its source, and a log line saying why."""
+    response = request(cgi_dir_server.port, "GET", "/run.cgi")
+    assert response.status == 403
+    assert PASSWORD.encode() not in response.raw
+    lines = not_run_lines(cgi_dir_server, response, str(root / "run.cgi"))
+    assert len(lines) == 1
+    assert "outside every --cgi-dir" in lines[0]
+
+
+def test_other_file_outside_cgi_dir_static(cgi_dir_server):
+    """With --cgi-dir a non-executable file elsewhere is served as it is."""
+    response = request(cgi_dir_server.port, "GET", "/notes.txt")
+    assert response.status == 200
+    assert response.body == b"static notes\n"
+
+
+def test_cgi_dir_listing_names_files(cgi_dir_server):
+    """A directory under --cgi-dir is listed, names only: no file's content."""
+    response = request(cgi_dir_server.port, "GET", "/cgi-bin/")
+    assert response.status == 200
+    assert b"readme.txt" in response.body
+    assert PASSWORD.encode() not in response.body
+
+
+def test_dotfile_in_cgi_dir_not_found(cgi_dir_server):
+    """Under --cgi-dir a dotfile is still not found."""
+    assert request(cgi_dir_server.port, "GET", "/cgi-bin/sub/.hidden").status == 404
 
 
 def test_path_info(server, root):
