@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -61,10 +62,15 @@ def run(*command, cwd, timeout=_PIP_SECONDS) -> subprocess.CompletedProcess:
 
 
 def make_venv(workdir: Path, name: str) -> Path:
-    """A fresh venv that sees the system's Twisted (and pip), returning its python."""
+    """A fresh venv that sees nothing installed outside it, not even pip, returning its python."""
     venv = workdir / name
-    run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv, cwd=workdir)
+    run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=workdir)
     return venv / "bin" / "python"
+
+
+def pip_install(python: Path, *requirements, workdir: Path) -> None:
+    """Install into python's venv with the test runner's own pip, so the venv needs none, skipping .pyc compiling for speed."""
+    run(sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile", *requirements, cwd=workdir)
 
 
 def twistd_help(python: Path, workdir: Path) -> str:
@@ -77,33 +83,49 @@ def imported_from(python: Path, workdir: Path) -> Path:
     return Path(run(python, "-c", code, cwd=workdir / "elsewhere").stdout.strip())
 
 
+def lists_plugin(help_text: str, name: str) -> bool:
+    return any(line.split()[:1] == [name] for line in help_text.splitlines())
+
+
 def lists_cgiserve(help_text: str) -> bool:
-    return any(line.split()[:1] == ["cgiserve"] for line in help_text.splitlines())
+    return lists_plugin(help_text, "cgiserve")
+
+
+def recorded_files(site_packages: Path, project: str) -> set[str]:
+    """The paths a distribution's RECORD says its install wrote, relative to site-packages."""
+    (record,) = site_packages.glob(f"{project}-*.dist-info/RECORD")
+    return {line.split(",")[0] for line in record.read_text().splitlines() if line}
 
 
 def test_venv_without_install_lacks_plugin(workdir):
-    """A fresh venv does not list cgiserve by itself (so the install tests below can fail)."""
+    """A fresh venv with only Twisted installed runs twistd, which lists Twisted's plugins but not cgiserve (so the install tests below can fail)."""
     python = make_venv(workdir, "bare")
-    assert not lists_cgiserve(twistd_help(python, workdir))
+    pip_install(python, f"twisted=={version('twisted')}", workdir=workdir)
+    help_text = twistd_help(python, workdir)
+    assert lists_plugin(help_text, "web")
+    assert not lists_cgiserve(help_text)
 
 
 def test_pip_install_lists_plugin(workdir):
-    """After pip install . into a fresh venv, its twistd --help lists cgiserve, imported from that venv."""
+    """After pip install . into a fresh venv, its twistd --help lists cgiserve, imported from that venv, and the install wrote neither of Twisted's __init__.py files."""
     python = make_venv(workdir, "installed")
-    run(python, "-m", "pip", "install", "-q", workdir / "src", cwd=workdir)
+    pip_install(python, workdir / "src", workdir=workdir)
     assert lists_cgiserve(twistd_help(python, workdir))
     venv = workdir / "installed"
     assert venv in imported_from(python, workdir).parents
     site_packages = next(venv.glob("lib/python*/site-packages"))
     assert (site_packages / "twisted" / "plugins" / "cgiserve_plugin.py").is_file()
-    assert not (site_packages / "twisted" / "__init__.py").exists()
-    assert not (site_packages / "twisted" / "plugins" / "__init__.py").exists()
+    # Twisted itself is installed here too, so its __init__.py files exist; they must not be cgiserve's.
+    cgiserve_files = recorded_files(site_packages, "cgiserve")
+    assert "twisted/plugins/cgiserve_plugin.py" in cgiserve_files
+    assert "twisted/__init__.py" not in cgiserve_files
+    assert "twisted/plugins/__init__.py" not in cgiserve_files
 
 
 def test_pip_install_editable_lists_plugin(workdir):
     """After pip install -e . into a fresh venv, its twistd --help lists cgiserve, imported from the source tree."""
     python = make_venv(workdir, "editable")
-    run(python, "-m", "pip", "install", "-q", "-e", workdir / "src", cwd=workdir)
+    pip_install(python, "-e", workdir / "src", workdir=workdir)
     assert lists_cgiserve(twistd_help(python, workdir))
     assert workdir / "src" in imported_from(python, workdir).parents
 
