@@ -7,11 +7,28 @@ import re
 from urllib.parse import unquote_to_bytes
 
 # RFC 9112 3.2.2: a server must accept the absolute form of a request target.
-_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://[^/]*")
+_ABSOLUTE_FORM = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://(?P<authority>[^/]*)")
 
 
 class BadPath(ValueError):
     """The path cannot name anything under the document root; the message says why."""
+
+
+def split_target(raw_path: bytes) -> tuple[bytes | None, bytes]:
+    """
+    A request target's authority (None unless it is in absolute form,
+    C{http://host:port/path}) and its path.
+
+    An absolute form without a host, or with userinfo (which RFC 9110
+    4.2.4 deprecates), raises L{BadPath}.
+    """
+    absolute = _ABSOLUTE_FORM.match(raw_path)
+    if absolute is None:
+        return None, raw_path
+    authority = absolute.group("authority")
+    if not authority or b"@" in authority:
+        raise BadPath(f"absolute target without a host, or with userinfo: {raw_path[:80]!r}")
+    return authority, raw_path[absolute.end() :] or b"/"
 
 
 def path_segments(raw_path: bytes) -> list[bytes]:
@@ -24,9 +41,7 @@ def path_segments(raw_path: bytes) -> list[bytes]:
     A path that climbs above the root, or whose segment decodes to a slash,
     backslash or NUL, raises L{BadPath}.
     """
-    absolute = _ABSOLUTE_FORM.match(raw_path)
-    if absolute:
-        raw_path = raw_path[absolute.end() :] or b"/"
+    raw_path = split_target(raw_path)[1]
     if not raw_path.startswith(b"/"):
         raise BadPath(f"path does not start with '/': {raw_path[:80]!r}")
     segments: list[bytes] = []

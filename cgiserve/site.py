@@ -11,7 +11,7 @@ from twisted.logger import Logger
 from twisted.web import http, pages, server
 
 from cgiserve.config import SERVER_SOFTWARE, ServerConfig
-from cgiserve.paths import BadPath, path_segments
+from cgiserve.paths import BadPath, path_segments, split_target
 from cgiserve.upload import StreamedBody
 
 _SERVER = SERVER_SOFTWARE.encode("ascii")
@@ -239,6 +239,10 @@ class Site(server.Site):
         request.setHeader(b"Server", _SERVER)
         request.setHeader(b"X-Request-Id", request.request_id.encode("ascii"))
         try:
+            authority, request.path = split_target(request.path)
+            if authority is not None:
+                # RFC 9112 3.2.2: the target's host, not the Host header, names the server.
+                request.requestHeaders.setRawHeaders(b"host", [authority])
             request.postpath = path_segments(request.path)
         except BadPath as e:
             self._log.info(

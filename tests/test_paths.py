@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cgiserve.paths import BadPath, path_segments
+from cgiserve.paths import BadPath, path_segments, split_target
 
 # (raw path, segments the resource tree walks)
 SEGMENTS = [
@@ -81,6 +81,8 @@ REFUSED = [
     (b"*", "does not start with '/'"),
     (b"../a", "does not start with '/'"),
     (b"%2Fa", "does not start with '/'"),
+    (b"http:///a", "without a host"),
+    (b"http://user@host/a", "with userinfo"),
 ]
 
 
@@ -89,6 +91,22 @@ def test_path_that_cannot_name_a_file_under_the_root_is_refused(raw, message):
     """A path that climbs above the root, hides a separator or NUL, or is not absolute raises BadPath."""
     with pytest.raises(BadPath, match=message):
         path_segments(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "split"),
+    [
+        (b"/a/b", (None, b"/a/b")),
+        (b"*", (None, b"*")),
+        (b"http://Example.org/x.cgi", (b"Example.org", b"/x.cgi")),
+        (b"https://example.org:8443/a/", (b"example.org:8443", b"/a/")),
+        (b"http://example.org", (b"example.org", b"/")),
+        (b"http://[::1]:8080/a", (b"[::1]:8080", b"/a")),
+    ],
+)
+def test_split_target_gives_the_authority_of_an_absolute_form(raw, split):
+    """An absolute-form target is its authority and its path (RFC 9112 3.2.2); any other target has no authority."""
+    assert split_target(raw) == split
 
 
 def test_bad_path_is_a_value_error():
