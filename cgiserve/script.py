@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 
 from twisted.logger import Logger
 from twisted.web import pages, resource, server
+from twisted.web.http import NO_BODY_CODES
 
 from cgiserve.addresses import connection_ends
 from cgiserve.config import ServerConfig
@@ -65,6 +66,12 @@ class ResponseWriter:
     The HTTP side of a script run: writes the script's response to the
     request, streaming with back-pressure, and turns failures into a 502 or
     504 (or a cut connection once the response has begun).
+
+    The request finishes as soon as the response is complete: when the
+    script closes its output, or as soon as the last byte of its
+    Content-Length (or, for HEAD, 204 and 304, its headers) is written.
+    From then on the client leaving is no reason to stop the script, which
+    finishes its work; what else it writes is dropped.
     """
 
     _log = Logger()
@@ -76,6 +83,7 @@ class ResponseWriter:
         self.handed_back = False
         self.producer = None
         self.remaining: int | None = None
+        self.overflowed = False
         request.notifyFinish().addErrback(self._client_gone)
 
     def _client_gone(self, _failure) -> None:
@@ -97,24 +105,31 @@ class ResponseWriter:
         request.defaultContentType = None
         for name, value in response.headers:
             request.responseHeaders.addRawHeader(name, value)
-        if request.method != b"HEAD":
-            self.remaining = response.content_length
         self.producer = producer
         request.registerProducer(producer, True)
+        if request.method == b"HEAD" or response.status in NO_BODY_CODES:
+            self._complete()
+            return
+        self.remaining = response.content_length
+        if self.remaining == 0:
+            self._complete()
 
     def body_received(self, data: bytes) -> None:
-        if not self._active():
-            return
         if self.remaining is not None:
-            if len(data) > self.remaining:
+            if len(data) > self.remaining and not self.overflowed:
+                self.overflowed = True
                 self._log.warn(
                     "{script} [{request_id}] wrote more than its Content-Length; the rest is dropped",
                     script=self.script,
                     request_id=self.request.request_id,
                 )
-                data = data[: self.remaining]
+            data = data[: self.remaining]
             self.remaining -= len(data)
+        if not self._active() or not data:
+            return
         self.request.write(data)
+        if self.remaining == 0:
+            self._complete()
 
     def raw_received(self, data: bytes) -> None:
         if not self._active():
@@ -158,6 +173,15 @@ class ResponseWriter:
             request.setHeader(b"Retry-After", RETRY_AFTER_SECONDS)
         self._end_upload()
         error_page(status).render(request)
+
+    def _complete(self) -> None:
+        """The whole response is written: finish it, and read on whatever the script still writes."""
+        producer = self.producer
+        self._unregister()
+        self._finish()
+        if producer is not None:
+            # A slow client may have paused the output; nothing waits for it now.
+            producer.resumeProducing()
 
     def _unregister(self) -> None:
         if self.producer is not None:
