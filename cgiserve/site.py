@@ -93,7 +93,7 @@ class Request(server.Request):
         target = channel.site.getResourceFor(self)
         if not getattr(target, "streams_body", lambda request: False)(self):
             return False
-        self.streamed_body = StreamedBody(channel.transport)
+        self.streamed_body = StreamedBody(channel.transport, length)
         # The connection's idle timer is for clients, not for an upload the
         # server itself holds back; the channel restores it after the response.
         if channel.timeOut:

@@ -3,14 +3,23 @@
 
 from __future__ import annotations
 
+import array
+import fcntl
+import select
 import socket
+import termios
 
 from twisted.internet import task
 from twisted.protocols.basic import FileSender
 
 
-# How often a paused upload's connection is checked for a reset.
+# How often a paused upload's connection is checked for a client that left.
 PEER_CHECK_SECONDS = 0.5
+
+# A peer that reset the connection, or shut down its side of it (a FIN;
+# Linux reports it at once through POLLRDHUP, without reading the data
+# still queued before it).
+_PEER_DONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 class FileBody:
@@ -40,15 +49,18 @@ class StreamedBody:
     the server holds at most one read of the body in memory. A script that
     closes stdin early makes the rest of the body be read and dropped.
 
-    A connection that is not read would not notice its client resetting
-    it, so while paused its socket is checked for an error every
-    L{PEER_CHECK_SECONDS}, and aborted (stopping the script) on one.
+    A connection that is not read would not notice its client leaving, so
+    while paused its socket is checked every L{PEER_CHECK_SECONDS}, and
+    aborted (stopping the script) once the client can no longer send the
+    rest of the C{length} bytes (L{peer_gone}).
     """
 
-    def __init__(self, network, clock=None) -> None:
+    def __init__(self, network, length: int, clock=None) -> None:
         if clock is None:
             from twisted.internet import reactor as clock
         self.network = network
+        self.length = length
+        self.received = 0
         self._peer_check = task.LoopingCall(self._check_peer)
         self._peer_check.clock = clock
         self.process = None
@@ -62,6 +74,7 @@ class StreamedBody:
 
     def write(self, data: bytes) -> None:
         """Body bytes from the client."""
+        self.received += len(data)
         if self._discarding:
             return
         if self.process is None:
@@ -113,6 +126,15 @@ class StreamedBody:
         self._pending = []
         self._resume()
 
+    def abandon(self) -> None:
+        """
+        The response is over and the connection closes without reading the
+        rest: the script's stdin ends where the body stopped.
+        """
+        if self.process is not None and not self._discarding:
+            self._close_stdin()
+        self.stopProducing()
+
     def _pause(self) -> None:
         if not self._paused and not self.complete:
             self._paused = True
@@ -129,9 +151,28 @@ class StreamedBody:
 
     def _check_peer(self) -> None:
         sock = _socket_of(self.network)
-        if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        if sock is not None and peer_gone(sock, self.length - self.received):
             self._peer_check.stop()
             self.network.abortConnection()
+
+
+def peer_gone(sock: socket.socket, missing: int) -> bool:
+    """
+    Whether a client whose request body still lacks C{missing} bytes has
+    left: it reset the connection, or shut down its side with fewer bytes
+    queued than it owes, so that the body can never be complete.
+    """
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        return True
+    poller = select.poll()
+    poller.register(sock, _PEER_DONE)
+    if not poller.poll(0):
+        return False
+    queued = array.array("i", [0])
+    fcntl.ioctl(sock, termios.FIONREAD, queued)
+    # Over TLS the queue holds records, a little more than the bytes they
+    # carry: a client that sent it all is never taken for one that left.
+    return queued[0] < missing
 
 
 def _socket_of(transport):

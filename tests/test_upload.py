@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import errno
 import io
 import socket
+import struct
+
+import pytest
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cgiserve.upload import PEER_CHECK_SECONDS, FileBody, StreamedBody
+from cgiserve.upload import PEER_CHECK_SECONDS, FileBody, StreamedBody, peer_gone
+
+# The Content-Length the streamed bodies here were announced with.
+BODY_LENGTH = 1000
 
 
 class FakeStdin:
@@ -60,17 +65,6 @@ class FakeNetwork:
 
     def abortConnection(self) -> None:
         self.events.append("network.abort")
-
-
-class FakeSocket:
-    """A socket whose pending error (SO_ERROR) a test sets."""
-
-    def __init__(self) -> None:
-        self.error = 0
-
-    def getsockopt(self, level: int, option: int) -> int:
-        assert (level, option) == (socket.SOL_SOCKET, socket.SO_ERROR)
-        return self.error
 
 
 class FileBodyTests(SynchronousTestCase):
@@ -133,7 +127,7 @@ class StreamedBodyTestCase(SynchronousTestCase):
         self.network = FakeNetwork(self.events)
         self.stdin = FakeStdin(self.events)
         self.clock = Clock()
-        self.body = StreamedBody(self.network, clock=self.clock)
+        self.body = StreamedBody(self.network, BODY_LENGTH, clock=self.clock)
 
     def since(self, mark: int) -> list:
         return self.events[mark:]
@@ -295,25 +289,92 @@ class StreamedBodyStoppedTests(StreamedBodyTestCase):
 
 
 class PeerCheckTests(StreamedBodyTestCase):
-    """A paused upload still notices a client that reset the connection."""
+    """A paused upload still notices a client that left: over a real socket pair, the client's end closing."""
 
     def setUp(self) -> None:
         super().setUp()
-        self.network.transport = type("TCP", (), {"socket": FakeSocket()})()
+        self.server_end, self.client_end = socket.socketpair()
+        self.addCleanup(self.server_end.close)
+        self.addCleanup(self.client_end.close)
+        self.network.transport = type("TCP", (), {"socket": self.server_end})()
 
-    def test_reset_while_paused_aborts(self):
-        """While the connection is paused, a pending socket error aborts it at the next check."""
+    def test_client_close_while_paused_aborts(self):
+        """A client that shuts down its side before sending the body gets its connection aborted at the next check."""
         self.clock.advance(PEER_CHECK_SECONDS)
         self.assertNotIn("network.abort", self.events)
-        self.network.transport.socket.error = errno.ECONNRESET
+        self.client_end.shutdown(socket.SHUT_WR)
         self.clock.advance(PEER_CHECK_SECONDS)
         self.assertEqual(self.events[-1], "network.abort")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_client_that_sent_it_all_then_shut_down_is_not_gone(self):
+        """A client that queued the rest of its body before shutting down its side is waiting for its answer."""
+        self.body.write(b"x" * 400)
+        self.client_end.sendall(b"y" * 600)
+        self.client_end.shutdown(socket.SHUT_WR)
+        self.clock.advance(PEER_CHECK_SECONDS * 3)
+        self.assertNotIn("network.abort", self.events)
 
     def test_no_checks_while_reading(self):
         """Once the connection is read again, the checks stop."""
         self.body.attach(self.stdin)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.network.transport.socket.error = errno.ECONNRESET
+        self.client_end.close()
         self.clock.advance(PEER_CHECK_SECONDS * 3)
         self.assertNotIn("network.abort", self.events)
+
+
+class AbandonTests(StreamedBodyTestCase):
+    """A response that is over before its upload."""
+
+    def test_abandon_closes_stdin_and_drops_the_rest(self):
+        """Abandoning an attached body ends the script's stdin and reads the rest of the upload into nothing."""
+        self.body.attach(self.stdin)
+        self.body.pauseProducing()
+        mark = len(self.events)
+        self.body.abandon()
+        self.assertEqual(self.since(mark), ["unregisterProducer", "closeStdin", "network.resume"])
+        self.body.write(b"late")
+        self.assertEqual(self.stdin.written(), b"")
+
+    def test_abandon_after_stdin_closed_closes_nothing(self):
+        """A script that closed its stdin already is not closed again."""
+        self.body.attach(self.stdin)
+        self.body.stopProducing()
+        mark = len(self.events)
+        self.body.abandon()
+        self.assertNotIn("closeStdin", self.since(mark))
+
+
+def test_peer_gone_on_reset():
+    """A connection reset by its peer is gone, whatever it still owed."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+        with server, client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            assert peer_gone(server, 0)
+
+
+@pytest.mark.parametrize(
+    ("sent", "shut_down", "missing", "gone"),
+    [
+        (b"", False, 10, False),
+        (b"abc", False, 10, False),
+        (b"", True, 10, True),
+        (b"abc", True, 10, True),
+        (b"0123456789", True, 10, False),
+        (b"0123456789more", True, 10, False),
+    ],
+)
+def test_peer_gone_counts_what_is_still_owed(sent, shut_down, missing, gone):
+    """A peer that shut down its side is gone unless the bytes it queued before cover what the body still lacks."""
+    server, client = socket.socketpair()
+    with server, client:
+        client.sendall(sent)
+        if shut_down:
+            client.shutdown(socket.SHUT_WR)
+        assert peer_gone(server, missing) is gone
