@@ -7,10 +7,11 @@ import itertools
 import os
 from urllib.parse import parse_qs
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
 from twisted.web import http, pages, server
 
-from cgiserve.config import SERVER_SOFTWARE, ServerConfig
+from cgiserve.config import SERVER_SOFTWARE, MiB, ServerConfig
 from cgiserve.paths import BadPath, path_segments, split_target
 from cgiserve.upload import StreamedBody
 
@@ -27,14 +28,30 @@ def new_request_id() -> str:
     """A fresh request id."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
-_TOO_LARGE = (
-    b"HTTP/1.1 413 Content Too Large\r\n"
-    b"Connection: close\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 31\r\n"
-    b"\r\n"
-    b"The request body is too large.\n"
-)
+
+# A response sent before the request was read to its end is followed by a
+# lingering close, as in Apache and nginx: the server stops writing, then
+# reads and drops what the client still sends for a while, so that unread
+# request bytes do not make the kernel answer with a reset that destroys
+# the response on its way. Apache lingers up to 30 s (MAX_SECS_TO_LINGER),
+# nginx 30 s (lingering_time); a client that reads its answer while it
+# sends has it in well under this.
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 4 * MiB
+
+
+def error_response(status: int, phrase: bytes, text: str) -> bytes:
+    """A short, complete plain-text response that ends its connection, for a request the server will not read on."""
+    body = text.encode("utf-8") + b"\n"
+    head = (
+        b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+        + b"Server: " + _SERVER + b"\r\n"
+        + b"Date: " + http.datetimeToString() + b"\r\n"
+        + b"Connection: close\r\n"
+        + b"Content-Type: text/plain; charset=utf-8\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    return head + body
 
 
 class Request(server.Request):
@@ -149,8 +166,7 @@ class Request(server.Request):
         # The channel is still parsing this request's body: answer on the
         # wire directly and leave its state alone until the connection goes.
         channel.site.log(self)
-        channel.transport.write(_TOO_LARGE)
-        channel.transport.loseConnection()
+        channel.close_gracefully(error_response(413, b"Content Too Large", "The request body is too large."))
 
 
 class Channel(http.HTTPChannel):
@@ -158,12 +174,21 @@ class Channel(http.HTTPChannel):
     An HTTP/1.1 connection with a deadline for each request's headers, so
     that a client trickling them in cannot hold a connection (the idle
     timeout restarts with every byte).
+
+    A request the server answers before reading it whole (too long a
+    request line or header block, a malformed request, a body over the
+    limit, a response that ends while its upload is still coming) is
+    answered, then the connection is closed gracefully (L{LINGER_SECONDS}).
     """
 
     _log = Logger()
     _header_call = None
     _awaiting_headers = True
     _host = None
+    _linger_call = None
+    _lingered = 0
+    # Set once the response to a request is out before all of the request is in.
+    _unread_request = False
 
     def getHost(self):
         # Asked once per script run; a connection's own address never changes.
@@ -172,11 +197,49 @@ class Channel(http.HTTPChannel):
         return self._host
 
     def dataReceived(self, data):
+        if self._linger_call is not None:
+            self._discard(data)
+            return
         super().dataReceived(data)
         # Most requests arrive whole in one read: the deadline is only
         # needed for those whose headers are still incomplete after it.
-        if self._awaiting_headers and self._header_call is None and self.transport is not None:
+        if self.idle and self._header_call is None and self.transport is not None:
             self._header_call = self.callLater(self.site.config.header_timeout, self._headers_too_slow)
+
+    def rawDataReceived(self, data):
+        if self._linger_call is not None:
+            self._discard(data)
+            return
+        super().rawDataReceived(data)
+
+    def lineReceived(self, line):
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_oversized(f"request head over {self.totalHeadersSize} bytes")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line):
+        self._refuse_oversized(f"line over {self.MAX_LENGTH} bytes")
+
+    def headerReceived(self, line):
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse_oversized(f"more than {self.maxHeaders} header fields")
+            return False
+        return super().headerReceived(line)
+
+    def _refuse_oversized(self, what: str) -> None:
+        """414 for a request line too long, 431 for header fields too large or too many (RFC 9110 15.5.15, RFC 6585 5)."""
+        # HTTPChannel counts a request's first line with this flag (name-mangled).
+        if self._HTTPChannel__first_line:
+            status, phrase, text = 414, b"URI Too Long", "The request line is too long."
+        else:
+            status, phrase, text = 431, b"Request Header Fields Too Large", "The request header fields are too large."
+        self._log.info("{status} for {peer}: {what}", status=status, peer=str(self.transport.getPeer()), what=what)
+        self.close_gracefully(error_response(status, phrase, text))
+
+    def _respondToBadRequestAndDisconnect(self):
+        self._log.info("400 for {peer}: malformed request", peer=str(self.transport.getPeer()))
+        self.close_gracefully(error_response(400, b"Bad Request", "The request is malformed."))
 
     def allHeadersReceived(self):
         self._cancel_header_deadline()
@@ -185,10 +248,71 @@ class Channel(http.HTTPChannel):
 
     def requestDone(self, request):
         self._awaiting_headers = True
+        body = request.streamed_body
+        if body is not None and not body.complete:
+            self._unread_request = True
+            body.abandon()
         super().requestDone(request)
+
+    def loseConnection(self):
+        if self._unread_request:
+            self.close_gracefully()
+        else:
+            super().loseConnection()
+
+    def close_gracefully(self, response: bytes = b"") -> None:
+        """
+        Send C{response}, stop writing, and close once the client has
+        closed its side, sent L{LINGER_BYTES} more, or L{LINGER_SECONDS}
+        have passed: the request left unread never turns the close into a
+        reset.
+        """
+        if self._linger_call is not None or self.transport is None:
+            return
+        self._cancel_header_deadline()
+        self.setTimeout(None)
+        self.setRawMode()
+        if response:
+            self.transport.write(response)
+        self._networkProducer.unregisterProducer()
+        self.transport.resumeProducing()
+        if not ISSLTransport.providedBy(self.transport):
+            # Under TLS a half-close would cut the TLS stream; the peer
+            # closes its side once it has read the response.
+            self.transport.loseWriteConnection()
+        self._linger_call = self.callLater(LINGER_SECONDS, self._linger_over)
+
+    def _discard(self, data: bytes) -> None:
+        self._lingered += len(data)
+        if self._lingered > LINGER_BYTES:
+            self._linger_over()
+
+    def _linger_over(self) -> None:
+        if self._linger_call.active():
+            self._linger_call.cancel()
+        self.transport.loseConnection()
+
+    @property
+    def idle(self) -> bool:
+        """Whether no request is being answered here, so the connection may close now."""
+        return self._awaiting_headers and self._linger_call is None
+
+    def close_when_idle(self) -> None:
+        """Close now if idle, else right after the response in progress (which then says so)."""
+        if self._linger_call is not None:
+            return
+        if self.idle:
+            super().loseConnection()
+            return
+        self.persistent = False
+        request = self.requests[0] if self.requests else None
+        if request is not None and not request.startedWriting:
+            request.setHeader(b"Connection", b"close")
 
     def connectionLost(self, reason):
         self._cancel_header_deadline()
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
         super().connectionLost(reason)
 
     def _cancel_header_deadline(self):
@@ -199,14 +323,41 @@ class Channel(http.HTTPChannel):
 
     def _headers_too_slow(self):
         self._header_call = None
-        self._log.info("Request headers too slow from {peer}; closing", peer=str(self.transport.getPeer()))
-        self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-        self.transport.loseConnection()
+        self._log.info("408 for {peer}: request headers too slow", peer=str(self.transport.getPeer()))
+        self.close_gracefully(error_response(408, b"Request Timeout", "The request headers took too long."))
+
+
+class Connection(http._GenericHTTPChannelProtocol):
+    """
+    One client connection: HTTP/1.1 (a L{Channel}), or HTTP/2 after ALPN.
+    The site knows every open one, so that a shutdown can drain them.
+    """
+
+    def makeConnection(self, transport):
+        # The proxy hands makeConnection straight to the channel, so this,
+        # not connectionMade, is where a connection begins.
+        self.site.connections.add(self)
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason):
+        self.site.connections.discard(self)
+        super().connectionLost(reason)
+
+    def close_when_idle(self) -> None:
+        """Close now if no request is in progress, else once the last one is answered."""
+        channel = self._channel
+        if isinstance(channel, Channel):
+            channel.close_when_idle()
+        elif not channel.streams and not channel.transport.disconnecting:
+            # HTTP/2: a GOAWAY says no stream is lost, then the connection closes.
+            channel.conn.close_connection()
+            channel.transport.write(channel.conn.data_to_send())
+            channel.transport.loseConnection()
 
 
 def _channel(factory):
-    """An HTTP/1.1 L{Channel} behind Twisted's switch to HTTP/2 after ALPN."""
-    return http._GenericHTTPChannelProtocol(Channel())
+    """A L{Connection} that starts as HTTP/1.1 and may switch to HTTP/2 after ALPN."""
+    return Connection(Channel())
 
 
 class Site(server.Site):
@@ -227,6 +378,8 @@ class Site(server.Site):
     def __init__(self, resource, config: ServerConfig, reactor=None):
         super().__init__(resource, timeout=config.idle_timeout, reactor=reactor)
         self.config = config
+        # Every open Connection, for a shutdown to drain.
+        self.connections: set[Connection] = set()
 
     def log(self, request):
         if self.access_log is not None:

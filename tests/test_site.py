@@ -1,0 +1,205 @@
+"""Tests for cgiserve.site's connections: oversized and malformed requests answered, lingering closes, draining."""
+
+from __future__ import annotations
+
+import tempfile
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import resource, server
+
+from cgiserve.config import ServerConfig
+from cgiserve.site import LINGER_BYTES, LINGER_SECONDS, Channel, Site, error_response
+
+MAX_BODY = 1000
+
+
+class HalfClosingTransport(StringTransport):
+    """A TCP transport as the channel sees it, recording when its writing side is shut down."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class Pending(resource.Resource):
+    """A resource whose requests stay in progress until a test finishes them."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list = []
+
+    def render(self, request):
+        self.requests.append(request)
+        return server.NOT_DONE_YET
+
+
+class ConnectionTestCase(SynchronousTestCase):
+    """A real Site and connection over an in-memory transport and a fake clock."""
+
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+        self.resource = Pending()
+        config = ServerConfig(root=tempfile.gettempdir(), max_body=MAX_BODY)
+        self.site = Site(self.resource, config, reactor=self.clock)
+        self.connection = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 8000))
+        self.transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
+        self.connection.makeConnection(self.transport)
+
+    @property
+    def channel(self) -> Channel:
+        return self.connection._channel
+
+    def assert_answered_then_lingering(self, status: int) -> None:
+        """The connection answered C{status} in full, stopped writing, and still reads."""
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 %d " % status), self.transport.value()[:200])
+        head, _, body = self.transport.value().partition(b"\r\n\r\n")
+        self.assertIn(b"Connection: close", head)
+        self.assertIn(b"Content-Length: %d" % len(body), head)
+        self.assertTrue(self.transport.write_closed)
+        self.assertFalse(self.transport.disconnecting)
+
+
+class OversizedRequestTests(ConnectionTestCase):
+    """Requests over Twisted's size limits get 414 or 431, not a silent close."""
+
+    def test_long_request_line_gets_414(self):
+        """A 64 KiB request line is answered 414 URI Too Long."""
+        self.connection.dataReceived(b"GET /" + b"a" * 65536 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assert_answered_then_lingering(414)
+
+    def test_long_request_line_in_pieces_gets_414(self):
+        """A request line that grows past the limit over several reads is answered 414."""
+        for _ in range(20):
+            self.connection.dataReceived(b"GET /" + b"a" * 4096)
+        self.assert_answered_then_lingering(414)
+
+    def test_long_header_field_gets_431(self):
+        """A 64 KiB header field is answered 431 Request Header Fields Too Large."""
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 65536 + b"\r\n\r\n")
+        self.assert_answered_then_lingering(431)
+
+    def test_header_block_over_total_gets_431(self):
+        """Header fields that are each short but together over 16 KiB are answered 431."""
+        fields = b"".join(b"X-F%d: %s\r\n" % (n, b"v" * 1000) for n in range(20))
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
+        self.assert_answered_then_lingering(431)
+
+    def test_too_many_header_fields_gets_431(self):
+        """More header fields than Twisted's maximum are answered 431."""
+        fields = b"".join(b"a:\r\n" for _ in range(Channel.maxHeaders + 1))
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+        self.assert_answered_then_lingering(431)
+
+    def test_nothing_reaches_the_resource(self):
+        """An oversized request never becomes a request the site renders."""
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\nX-Big: " + b"b" * 65536 + b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(self.resource.requests, [])
+
+
+class MalformedRequestTests(ConnectionTestCase):
+    """Requests the server answers before reading them whole close gracefully too."""
+
+    def test_malformed_request_line_gets_400_page(self):
+        """A request line that is not METHOD TARGET VERSION gets a complete 400 response."""
+        self.connection.dataReceived(b"NONSENSE\r\n\r\n")
+        self.assert_answered_then_lingering(400)
+
+    def test_malformed_header_gets_400_page(self):
+        """A header line without a colon gets a complete 400 response."""
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+        self.assert_answered_then_lingering(400)
+
+    def test_body_over_limit_gets_413_and_lingers(self):
+        """A Content-Length over --max-body gets 413 before the body is read, then the body is read and dropped."""
+        self.connection.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"z" * 5000)
+        self.assert_answered_then_lingering(413)
+        self.assertEqual(self.resource.requests, [])
+
+    def test_slow_headers_get_408(self):
+        """Headers still incomplete at the header deadline get 408, then a graceful close."""
+        self.connection.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        self.clock.advance(self.site.config.header_timeout)
+        self.assert_answered_then_lingering(408)
+
+
+class LingerTests(ConnectionTestCase):
+    """After answering early, the connection reads and drops input for a bounded time and amount."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.connection.dataReceived(b"GET /" + b"a" * 65536)
+        self.answer = self.transport.value()
+
+    def test_input_is_dropped_while_lingering(self):
+        """What the client sends after the answer is read and dropped: nothing more is written, nothing parsed."""
+        self.connection.dataReceived(b" HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.transport.value(), self.answer)
+        self.assertEqual(self.resource.requests, [])
+        self.assertFalse(self.transport.disconnecting)
+
+    def test_closes_after_linger_seconds(self):
+        """The connection closes LINGER_SECONDS after the answer if the client has not closed it first."""
+        self.clock.advance(LINGER_SECONDS - 0.1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_closes_after_linger_bytes(self):
+        """The connection closes once the client has sent LINGER_BYTES more, without waiting out the time."""
+        chunk = b"x" * 65536
+        for _ in range(LINGER_BYTES // len(chunk)):
+            self.connection.dataReceived(chunk)
+        self.assertFalse(self.transport.disconnecting)
+        self.connection.dataReceived(b"x")
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_client_close_ends_linger(self):
+        """A client that closes its side ends the linger: no timer is left behind."""
+        self.connection.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class DrainTests(ConnectionTestCase):
+    """What a draining server does with each connection."""
+
+    def test_site_knows_open_connections(self):
+        """A connection is in the site's set while open, and leaves it when it closes."""
+        self.assertEqual(self.site.connections, {self.connection})
+        self.connection.connectionLost(None)
+        self.assertEqual(self.site.connections, set())
+
+    def test_idle_connection_closes_at_once(self):
+        """A keep-alive connection between requests is closed when asked to close when idle."""
+        self.connection.close_when_idle()
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_busy_connection_closes_after_its_response(self):
+        """A connection whose request is in progress stays open, and its response says Connection: close."""
+        self.connection.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        (request,) = self.resource.requests
+        self.connection.close_when_idle()
+        self.assertFalse(self.transport.disconnecting)
+        request.write(b"done")
+        request.finish()
+        self.assertIn(b"Connection: close", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
+
+@pytest.mark.parametrize(
+    ("status", "phrase", "text"),
+    [(400, b"Bad Request", "Bad."), (414, b"URI Too Long", "Long."), (431, b"Request Header Fields Too Large", "Big.")],
+)
+def test_error_response_is_complete(status, phrase, text):
+    """An early error response has its status, Connection: close, and a Content-Length that matches its body."""
+    head, _, body = error_response(status, phrase, text).partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 %d %s" % (status, phrase)
+    assert b"Connection: close" in lines
+    assert b"Content-Length: %d" % len(body) in lines
+    assert body == text.encode() + b"\n"
