@@ -19,6 +19,7 @@ from cgiserve.config import (
     ServerConfig,
     default_max_scripts,
 )
+from cgiserve.drain import DELIVERY_SECONDS, Drain
 from cgiserve.environ import EnvironSettings
 from cgiserve.paths import BadPath, path_segments
 from cgiserve.privileges import RootWarning
@@ -283,7 +284,7 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The script runner, then one HTTP service per --listen endpoint, all serving the same site."""
+    """The script runner, one HTTP service per --listen endpoint, all serving the same site, and their drain."""
     config = options.config()
     top = service.MultiService()
     runner = ScriptRunner(config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace)
@@ -305,4 +306,8 @@ def makeService(options: Options) -> service.MultiService:
         site.access_log.setServiceParent(top)
     for description in options["listen"]:
         strports.service(description, site).setServiceParent(top)
+    # Stopping: the ports close at once, running scripts get their grace,
+    # and each connection closes once its response is out.
+    drain_deadline = config.shutdown_grace + config.kill_grace + DELIVERY_SECONDS
+    Drain(site, drain_deadline).setServiceParent(top)
     return top

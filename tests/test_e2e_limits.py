@@ -903,3 +903,60 @@ def test_shutdown_stops_script_held_back_by_slow_client(start_server, docroot, p
     assert not script.running()
     assert_clean_exit(code, server)
     assert_log_clean(server)
+
+
+def exited(server, timeout: float = 10) -> int | None:
+    """The exit status of a server that is shutting down by itself, None if it is still running after C{timeout}."""
+    try:
+        return server.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        server.process.stdout.close()
+
+
+def test_shutdown_delivers_response_of_last_script(start_server, docroot, pids):
+    """On SIGTERM the last running script finishing within the grace gets its whole response (4 MiB) to its client, logged, before the server exits."""
+    write_script(
+        docroot,
+        "late.sh",
+        sh(f"echo $$ > {pids.dir}/late\nsleep 1.5\nprintf 'Content-Type: application/octet-stream\\n\\n'\nhead -c {4 * MiB} /dev/zero\n"),
+    )
+    access_log = docroot.parent / "access.log"
+    server = start_server("--shutdown-grace", "6", "--access-log", str(access_log))
+    with connect(server.port, rcvbuf=64 * 1024) as sock:
+        sock.sendall(b"GET /late.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+        pids.read("late")
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        # A client slower than the server's send: the response waits in its buffers.
+        time.sleep(2.5)
+        data, end = read_to_end(sock, timeout=15, limit=8 * MiB)
+    status, headers, body = split_head(data)
+    body, terminated = dechunk(body)
+    assert (status, end, terminated, len(body)) == (200, "eof", True, 4 * MiB)
+    assert body == bytes(4 * MiB)
+    assert headers.get("connection") == "close"
+    assert_clean_exit(exited(server), server)
+    assert time.monotonic() - started < 6
+    assert '"GET /late.sh HTTP/1.1" 200 4194304' in access_log.read_text()
+    assert_log_clean(server)
+
+
+def test_shutdown_closes_idle_keepalive_and_refuses_new_connections(start_server, docroot, pids):
+    """On SIGTERM an idle keep-alive connection is closed at once and no new connection is accepted, while a busy one gets its response first."""
+    write_script(docroot, "quick.sh", sh("printf 'Content-Type: text/plain\\n\\nquick\\n'\n"))
+    write_script(docroot, "slow.sh", sh(f"echo $$ > {pids.dir}/slow\nsleep 1\nprintf 'Content-Type: text/plain\\n\\nslow\\n'\n"))
+    server = start_server("--shutdown-grace", "6")
+    with Connection(server.port) as idle, Connection(server.port) as busy:
+        assert idle.request("GET", "/quick.sh").body == b"quick\n"
+        busy.send(b"GET /slow.sh HTTP/1.1\r\nHost: x\r\n\r\n")
+        pids.read("slow")
+        server.process.send_signal(signal.SIGTERM)
+        assert idle.closed_by_server(wait=2)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        answer = busy.read_response()
+        assert (answer.status, answer.body, answer.header("Connection")) == (200, b"slow\n", "close")
+        assert busy.closed_by_server(wait=5)
+    assert_clean_exit(exited(server), server)
