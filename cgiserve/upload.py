@@ -18,8 +18,8 @@ PEER_CHECK_SECONDS = 0.5
 
 # A peer that reset the connection, or shut down its side of it (a FIN;
 # Linux reports it at once through POLLRDHUP, without reading the data
-# still queued before it).
-_PEER_DONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+# still queued before it; elsewhere only a reset is seen).
+_PEER_DONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 class FileBody:
