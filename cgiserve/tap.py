@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from twisted.application import service, strports
-from twisted.internet import endpoints
+from twisted.application import service
 from twisted.python import usage
 
 from cgiserve.config import (
@@ -21,6 +20,7 @@ from cgiserve.config import (
 )
 from cgiserve.drain import DELIVERY_SECONDS, Drain
 from cgiserve.environ import EnvironSettings
+from cgiserve.listen import ListeningService, check_endpoint
 from cgiserve.paths import BadPath, path_segments
 from cgiserve.privileges import RootWarning
 from cgiserve.resource import DocumentRoot
@@ -124,28 +124,6 @@ def _cgi_dir(root: str, name: str) -> str:
     return path
 
 
-# Endpoint parsers only keep the reactor they are given; a stand-in spares
-# the server the 2.4 MiB that importing twisted.internet.testing for a
-# MemoryReactor would add to its resident memory for good.
-_PARSE_ONLY = object()
-
-
-def _check_endpoint(description: str) -> None:
-    """Refuse an endpoint description that could not listen, before twistd tries."""
-    try:
-        endpoint = endpoints.serverFromString(_PARSE_ONLY, description)
-    except IndexError:
-        # systemd:...:index=N, with fewer sockets passed (LISTEN_FDS), as when not started by systemd.
-        raise usage.UsageError(f"--listen {description}: systemd passed no such socket") from None
-    except Exception as e:  # the parsers raise what their libraries raise: OSError, OpenSSL errors...
-        raise usage.UsageError(f"--listen {description}: {e}") from None
-    # haproxy: and similar wrappers keep the real endpoint inside.
-    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
-    port = getattr(endpoint, "_port", 0)
-    if not 0 <= port <= 65535:
-        raise usage.UsageError(f"--listen {description}: port {port} is not between 0 and 65535")
-
-
 def _pair(value: str, separator: str, what: str) -> tuple[str, str]:
     name, found, rest = value.partition(separator)
     if not found or not name:
@@ -236,7 +214,7 @@ class Options(usage.Options):
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
         for description in self["listen"]:
-            _check_endpoint(description)
+            check_endpoint(description)
         for name in self["index"]:
             if not name or "/" in name or name.startswith("."):
                 raise usage.UsageError(f"--index {name!r}: not a plain file name")
@@ -305,7 +283,7 @@ def makeService(options: Options) -> service.MultiService:
         site.access_log = AccessLog(options["access-log"], options["access-log-format"])
         site.access_log.setServiceParent(top)
     for description in options["listen"]:
-        strports.service(description, site).setServiceParent(top)
+        ListeningService(description, site).setServiceParent(top)
     # Stopping: the ports close at once, running scripts get their grace,
     # and each connection closes once its response is out.
     drain_deadline = config.shutdown_grace + config.kill_grace + DELIVERY_SECONDS

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -288,21 +290,144 @@ def test_systemd_socket_activation(server):
     assert "LISTEN_FDS" not in report["env"]
 
 
-def test_systemd_without_socket_is_usage_error(top):
-    """Outside systemd (no LISTEN_FDS), a systemd: endpoint stops twistd with one error line, no traceback."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("LISTEN_")}
-    env["PYTHONPATH"] = str(CHECKOUT)
-    command = [PYTHON, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "cgiserve"]
-    result = subprocess.run(
-        [*command, "--root", str(top / "root"), "--listen", "systemd:domain=INET:index=0"],
-        env=env,
+# -- cannot listen
+
+TWISTD = [PYTHON, "-c", "from twisted.scripts.twistd import run; run()"]
+_FAILS_SECONDS = 20
+# A port below net.ipv4.ip_unprivileged_port_start (1024 by default) needs CAP_NET_BIND_SERVICE.
+PRIVILEGED_PORT = 81
+SETPRIV = shutil.which("setpriv")
+
+
+def failed_start(top, listen, *, twistd_options=("-n", "--pidfile="), launcher=(), cwd=None, env=None):
+    """Run a cgiserve on top/root that should stop by itself: its status and output (stderr merged into stdout)."""
+    environment = dict(os.environ if env is None else env, PYTHONPATH=str(CHECKOUT))
+    command = [*launcher, *TWISTD, *twistd_options, "cgiserve", "--root", str(top / "root"), "--listen", listen]
+    # On timeout, run() kills the child and raises: the test fails, no process is left.
+    return subprocess.run(
+        command,
+        cwd=cwd or top,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=_FAILS_SECONDS,
+    )
+
+
+def assert_one_line(written, line):
+    """What twistd wrote (output, log) says why it stopped in one line ending in C{line}: no traceback, no usage."""
+    assert "Traceback" not in written
+    assert "Usage:" not in written
+    mentions = [found for found in written.splitlines() if "cannot listen" in found]
+    assert len(mentions) == 1 and mentions[0].endswith(line), written
+
+
+@pytest.fixture
+def busy_port():
+    """A port of 127.0.0.1 that a socket of this process is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("logfile", [False, True], ids=["stdout", "logfile"])
+def test_port_in_use(top, busy_port, logfile):
+    """A port already in use stops twistd at once with one line, in its log: under -n stdout, or the --logfile."""
+    listen = f"tcp:{busy_port}:interface=127.0.0.1"
+    log = top / f"in-use-{busy_port}.log"
+    options = ("-n", "--pidfile=", "--logfile", str(log)) if logfile else ("-n", "--pidfile=")
+    result = failed_start(top, listen, twistd_options=options)
+    assert result.returncode == 1
+    written = result.stdout + (log.read_text() if logfile else "")
+    assert_one_line(written, f"cgiserve: cannot listen on {listen}: address already in use")
+    if logfile:
+        assert "cannot listen" not in result.stdout
+
+
+def test_port_in_use_removes_pid_file(top, busy_port):
+    """A server that cannot listen removes the twistd.pid it wrote into its working directory."""
+    cwd = Path(tempfile.mkdtemp(dir=top))
+    result = failed_start(top, f"tcp:{busy_port}:interface=127.0.0.1", twistd_options=("-n",), cwd=cwd)
+    assert result.returncode == 1
+    assert_one_line(result.stdout, "address already in use")
+    assert not (cwd / "twistd.pid").exists()
+
+
+def test_port_in_use_daemon(top, busy_port):
+    """Daemonized, a server that cannot listen makes the parent exit 1 with the reason; the log has the one line."""
+    cwd = Path(tempfile.mkdtemp(dir=top))
+    listen = f"tcp:{busy_port}:interface=127.0.0.1"
+    log, pid_file = cwd / "daemon.log", cwd / "daemon.pid"
+    try:
+        result = failed_start(top, listen, twistd_options=("--pidfile", str(pid_file), "--logfile", str(log)), cwd=cwd)
+        # The parent exits once told; the daemon writes its line as it exits, a moment later.
+        wait_for(lambda: log.exists() and "cannot listen" in log.read_text())
+    finally:
+        if pid_file.exists():  # a daemon that did start would be left running
+            with contextlib.suppress(ProcessLookupError):  # or it is gone, its pid file left behind
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert result.returncode == 1
+    assert f"cannot listen on {listen}" in result.stdout
+    assert_one_line(log.read_text(), f"cgiserve: cannot listen on {listen}: address already in use")
+    assert not pid_file.exists()
+
+
+def _unprivileged_launchers():
+    """setpriv launchers without the right to bind a privileged port: as nobody, and as root without the capability."""
+    as_nobody = [SETPRIV, "--reuid=65534", "--regid=65534", "--clear-groups"]
+    without_capability = [SETPRIV, "--bounding-set=-net_bind_service", "--inh-caps=-net_bind_service"]
+    return [pytest.param(as_nobody, id="nobody"), pytest.param(without_capability, id="no-CAP_NET_BIND_SERVICE")]
+
+
+@pytest.mark.skipif(SETPRIV is None, reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("launcher", _unprivileged_launchers())
+def test_privileged_port_without_root(top, launcher):
+    """Without the privilege, a port below 1024 stops twistd with one line: permission denied."""
+    start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+    if start.exists() and int(start.read_text()) <= PRIVILEGED_PORT:
+        pytest.skip(f"port {PRIVILEGED_PORT} needs no privilege here: ip_unprivileged_port_start is {start.read_text()}")
+    probe = subprocess.run(
+        [*launcher, PYTHON, "-c", "import cgiserve.tap"],
+        cwd="/",
+        env=dict(os.environ, PYTHONPATH=str(CHECKOUT)),
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert result.returncode != 0
-    assert "Traceback" not in result.stdout + result.stderr
-    assert "--listen systemd:domain=INET:index=0: systemd passed no such socket" in result.stdout + result.stderr
+    if probe.returncode != 0:
+        pytest.skip(f"{' '.join(launcher)} cannot import cgiserve with {PYTHON}: {probe.stderr.strip()[-300:]}")
+    # Not under top, which only root may enter: a root and working directory user 65534 can enter too.
+    public = Path(os.path.realpath(tempfile.mkdtemp(prefix="cgiserve-listen-public-")))
+    try:
+        public.chmod(0o755)
+        (public / "root").mkdir()
+        listen = f"tcp:{PRIVILEGED_PORT}:interface=127.0.0.1"
+        result = failed_start(public, listen, launcher=launcher)
+    finally:
+        shutil.rmtree(public, ignore_errors=True)
+    assert result.returncode == 1
+    assert_one_line(result.stdout, f"cgiserve: cannot listen on {listen}: permission denied")
+
+
+def test_systemd_without_socket_is_one_line(top):
+    """Outside systemd (no LISTEN_FDS), a systemd: endpoint stops twistd with one line, no usage text, no traceback."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("LISTEN_")}
+    result = failed_start(top, "systemd:domain=INET:index=0", env=env)
+    assert result.returncode == 1
+    assert_one_line(result.stdout, "cgiserve: cannot listen on systemd:domain=INET:index=0: systemd passed no such socket")
+
+
+@needs_tls
+def test_tls_missing_certificate(top):
+    """An ssl: endpoint whose certificate file is missing stops twistd with one line naming the file, no usage text."""
+    missing = top / "missing.pem"
+    listen = f"ssl:0:interface=127.0.0.1:privateKey={missing}"
+    result = failed_start(top, listen)
+    assert result.returncode == 1
+    assert_one_line(result.stdout, f"cgiserve: cannot listen on {listen}: {missing}: no such file or directory")
 
 
 # -- behind HAProxy

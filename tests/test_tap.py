@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import re
@@ -148,8 +149,6 @@ def test_interpreter_absolute_path(tmp_cwd):
         ["--listen", "tcp:notaport"],
         ["--listen", ""],
         ["--listen", "tcp:80:nosuchoption=1"],
-        ["--listen", "tcp:99999"],
-        ["--listen", "ssl:0:privateKey=/nonexistent/key.pem"],
         ["--root", "/nonexistent/cgiserve-root"],
         ["--root", "/etc/hostname"],
         ["--set-env", "NOEQUALS"],
@@ -170,6 +169,24 @@ def test_bad_values_are_usage_errors(tmp_cwd, args):
     """A bad option value raises UsageError, never another exception."""
     with pytest.raises(usage.UsageError):
         parse(*args)
+
+
+@pytest.mark.parametrize(
+    "listen, why",
+    [
+        ("tcp:99999", "port 99999 is not between 0 and 65535"),
+        pytest.param(
+            "ssl:0:privateKey=/nonexistent/key.pem",
+            "/nonexistent/key.pem: no such file or directory",
+            marks=pytest.mark.skipif(importlib.util.find_spec("OpenSSL") is None, reason="needs the tls extra"),
+        ),
+    ],
+)
+def test_endpoint_that_cannot_listen_exits(tmp_cwd, listen, why):
+    """An endpoint that could never listen is no usage mistake: SystemExit with the one line, no usage text."""
+    with pytest.raises(SystemExit) as raised:
+        parse("--listen", "tcp:0:interface=127.0.0.1", "--listen", listen)
+    assert raised.value.code == f"cgiserve: cannot listen on {listen}: {why}"
 
 
 # -- help text
