@@ -21,6 +21,14 @@ PEER_CHECK_SECONDS = 0.5
 # still queued before it; elsewhere only a reset is seen).
 _PEER_DONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
+# A client's FIN queues behind the body it still has to send: while the
+# server reads nothing, the window is shut and the FIN never arrives. Once
+# an upload has stalled for a check, its receive buffer is widened, so the
+# kernel takes (up to this, capped by net.core.rmem_max) what the client
+# queued and its FIN with it. Not sooner: a buffer fixed by SO_RCVBUF ends
+# the kernel's tuning of it for good, and a flowing upload wants that.
+STALLED_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
 
 class FileBody:
     """A body already received whole (a small form, a spooled chunked upload), read from its file."""
@@ -68,6 +76,7 @@ class StreamedBody:
         self._pending: list[bytes] = []
         self._paused = False
         self._discarding = False
+        self._widened = False
         self._pause()
 
     # -- from the client
@@ -151,9 +160,14 @@ class StreamedBody:
 
     def _check_peer(self) -> None:
         sock = _socket_of(self.network)
-        if sock is not None and peer_gone(sock, self.length - self.received):
+        if sock is None:
+            return
+        if peer_gone(sock, self.length - self.received):
             self._peer_check.stop()
             self.network.abortConnection()
+        elif not self._widened:
+            self._widened = True
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RECEIVE_BUFFER_BYTES)
 
 
 def peer_gone(sock: socket.socket, missing: int) -> bool:
