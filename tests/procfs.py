@@ -111,3 +111,21 @@ def read_pid(path, timeout: float = 10) -> Tracked:
     tracked = Tracked.of(int(text))
     assert tracked is not None, f"process {text.strip()} from {path} already gone"
     return tracked
+
+
+def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:
+    """
+    The send and receive queues, in bytes, of the IPv4 TCP connection from
+    C{local_port} to C{remote_port} on this host (from /proc/net/tcp), or
+    None if there is none. A receive queue that stays full means its owner
+    has stopped reading.
+    """
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            local, remote = int(fields[1].rpartition(":")[2], 16), int(fields[2].rpartition(":")[2], 16)
+            if (local, remote) == (local_port, remote_port):
+                send, _, receive = fields[4].partition(":")
+                return int(send, 16), int(receive, 16)
+    return None
