@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_drain,tests.test_e2e_delivery -*-
+# -*- test-case-name: tests.test_drain,tests.test_e2e_limits,tests.test_e2e_listen -*-
 """Shutdown of the HTTP side as a drain: responses under way are delivered, then every connection closes."""
 
 from __future__ import annotations

@@ -21,6 +21,11 @@ def docroot():
     shutil.rmtree(top, ignore_errors=True)
 
 
+def sh(body: str) -> str:
+    """A shell script: C{body} under a #!/bin/sh line."""
+    return "#!/bin/sh\n" + body
+
+
 def write_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
     """Write an executable script under the root and return its path."""
     path = root / name

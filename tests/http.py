@@ -1,12 +1,17 @@
-"""A raw HTTP/1.x client for end-to-end tests: the exact bytes sent, the exact bytes received."""
+"""A raw HTTP/1.x client and raw-socket helpers for end-to-end tests: the exact bytes sent, the exact bytes received."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
+import termios
 import time
 from dataclasses import dataclass, field
 
 _TIMEOUT_SECONDS = 15
+
+MiB = 1024 * 1024
 
 
 class IncompleteResponse(ConnectionError):
@@ -208,3 +213,90 @@ def wait_for(predicate, timeout: float = 10, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+# -- raw sockets
+
+
+def connect(port: int, timeout: float = _TIMEOUT_SECONDS, rcvbuf: int | None = None) -> socket.socket:
+    """A TCP socket connected to 127.0.0.1:C{port}; C{rcvbuf}, if given, is its receive buffer from the start."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        # Set before connecting, so that the window is small from the start.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with an RST rather than a FIN (SO_LINGER 0), as a crashing client would."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+def unsent(sock: socket.socket) -> int:
+    """Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def unsent_stalls(sock: socket.socket, seconds: float = 0.3) -> bool:
+    """Whether data waits in the send queue and none of it is taken for C{seconds}: the peer stopped reading."""
+    before = unsent(sock)
+    time.sleep(seconds)
+    return before > 0 and unsent(sock) == before
+
+
+def read_to_end(sock: socket.socket, timeout: float = _TIMEOUT_SECONDS, limit: int = 4 * MiB) -> tuple[bytes, str]:
+    """Every byte until the server closes ("eof") or resets ("reset") the connection, or C{timeout} passes."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    for _ in range(100_000):
+        left = deadline - time.monotonic()
+        if left <= 0 or len(data) > limit:
+            break
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return bytes(data), "reset"
+        except TimeoutError:
+            break
+        if not chunk:
+            return bytes(data), "eof"
+        data += chunk
+    return bytes(data), "timeout"
+
+
+def split_head(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and the rest of a raw response."""
+    head, found, body = data.partition(b"\r\n\r\n")
+    assert found, f"no complete response head in {data[:300]!r}"
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """The data of a chunked body as far as it goes, and whether its terminating 0-chunk arrived."""
+    out = bytearray()
+    pos = 0
+    for _ in range(len(body) + 1):
+        end = body.find(b"\r\n", pos)
+        if end < 0:
+            return bytes(out), False
+        size = int(body[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return bytes(out), body[end + 2 : end + 4] == b"\r\n"
+        out += body[end + 2 : end + 2 + size]
+        if len(body) < end + 2 + size + 2:
+            return bytes(out), False
+        pos = end + 2 + size + 2
+    return bytes(out), False

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,52 @@ def read_pid(path, timeout: float = 10) -> Tracked:
     tracked = Tracked.of(int(text))
     assert tracked is not None, f"process {text.strip()} from {path} already gone"
     return tracked
+
+
+def unchanged(measure, seconds: float = 0.3):
+    """C{measure()} if it gives the same value again C{seconds} later, else None."""
+    before = measure()
+    time.sleep(seconds)
+    return before if measure() == before else None
+
+
+def gone(*processes: Tracked, timeout: float) -> list[Tracked]:
+    """Wait up to C{timeout} seconds for the processes to stop running; those still running."""
+    wait_until(lambda: not any(p.running() for p in processes), timeout)
+    return [p for p in processes if p.running()]
+
+
+class Pids:
+    """Pid files written by the scripts of one test; every process read from them is SIGKILLed afterwards if still running."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.seen: list[Tracked] = []
+
+    def read(self, name: str, timeout: float = 10) -> Tracked:
+        tracked = read_pid(self.dir / name, timeout)
+        self.seen.append(tracked)
+        return tracked
+
+    def text(self, name: str, timeout: float = 10) -> str:
+        path = self.dir / name
+        ready = wait_until(lambda: path.exists() and path.read_text().endswith("\n"), timeout)
+        assert ready, f"{path} not written within {timeout} s"
+        return path.read_text().strip()
+
+    def cleanup(self) -> None:
+        """SIGKILL what still runs (a whole group for a script, which leads its own), whatever the test's outcome."""
+        for tracked in self.seen:
+            info = stat(tracked.pid)
+            if not tracked.running() or info is None:
+                continue
+            try:
+                if info.pgid == tracked.pid:
+                    os.killpg(tracked.pid, signal.SIGKILL)
+                else:
+                    os.kill(tracked.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def tcp_queues(local_port: int, remote_port: int) -> tuple[int, int] | None:

@@ -12,12 +12,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests import procfs
+
 CHECKOUT = Path(__file__).resolve().parent.parent
 
 # How twistd's ports announce themselves: "Site starting on 8080",
 # "Site (TLS) starting on 8443", "Site starting on '/run/x.sock'".
 _STARTED = re.compile(r"Site(?: \((?:TLS|PROXY)\))? starting on (\d+|'[^']+')")
 _START_SECONDS = 20
+
+# How long past its deadline the server may take to act on it: the reactor
+# runs on a loaded two-core machine, and /proc is polled.
+MARGIN_SECONDS = 2.0
 
 
 class Server:
@@ -132,6 +138,43 @@ class Server:
         self.stop()
         if self.process is not None and self.process.stdout and not self.process.stdout.closed:
             self.process.stdout.close()
+
+
+def assert_log_clean(server) -> None:
+    """No traceback or unhandled error anywhere in the server's log."""
+    log = server.log()
+    for marker in ("Traceback", "Unhandled", "CRITICAL", "#critical"):
+        assert marker not in log, f"{marker!r} in the server log:\n{log[-4000:]}"
+
+
+def wait_log(server, pattern: str, timeout: float = 5) -> str:
+    """Wait for a line matching C{pattern} in the server's log; the log."""
+    regex = re.compile(pattern)
+    found = procfs.wait_until(lambda: regex.search(server.log()), timeout)
+    log = server.log()
+    assert found, f"no log line matching {pattern!r}:\n{log[-4000:]}"
+    return log
+
+
+def exited(server, timeout: float = 10) -> int | None:
+    """The exit status of a server that is shutting down by itself, None if it is still running after C{timeout}."""
+    try:
+        return server.process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        server.process.stdout.close()
+
+
+def assert_clean_exit(code: int | None, server) -> None:
+    """
+    The server shut down completely after our SIGTERM. twistd (since
+    Twisted 21.2) ends a run stopped by a signal by re-raising that signal,
+    so the exit status of a clean SIGTERM shutdown is -SIGTERM, not 0.
+    """
+    assert code is not None, "the server did not exit in time after SIGTERM"
+    assert code in (0, -signal.SIGTERM), code
+    assert "Server Shut Down." in server.log()
 
 
 def _accepting(port: str) -> bool:

@@ -15,7 +15,7 @@ import pytest
 
 from cgiserve import __version__
 from cgiserve.environ import SAFE_PATH
-from tests.conftest import write_script
+from tests.conftest import sh, write_script
 from tests.http import Connection, build_request, request, wait_for
 from tests.server import CHECKOUT, Server
 
@@ -45,10 +45,6 @@ SENTINEL_PATH_DIR = "/nonexistent-cgiserve-sentinel-bin"
 
 # In the source of scripts that must never be served as files.
 PASSWORD = "hunter2-SOURCE-MARKER"
-
-
-def sh(body: str) -> str:
-    return "#!/bin/sh\n" + body
 
 
 def build_docroot(root: Path) -> None:

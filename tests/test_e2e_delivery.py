@@ -15,24 +15,22 @@ from pathlib import Path
 import pytest
 
 from tests import procfs
-from tests.conftest import write_script
-from tests.http import Connection, build_request, request, wait_for
-from tests.ops import read_json_lines
-from tests.server import Server
-from tests.test_e2e_limits import (
-    MARGIN_SECONDS,
+from tests.conftest import sh, write_script
+from tests.http import (
+    Connection,
     MiB,
-    Pids,
-    assert_log_clean,
+    build_request,
     connect,
     dechunk,
-    gone,
     read_to_end,
-    sh,
+    request,
     split_head,
-    unchanged,
     unsent,
+    wait_for,
 )
+from tests.ops import read_json_lines
+from tests.procfs import Pids, gone, unchanged
+from tests.server import MARGIN_SECONDS, Server, assert_log_clean
 
 PYTHON = sys.executable
 
@@ -270,7 +268,7 @@ def start_deaf_upload(port: int, run: Run) -> tuple[socket.socket, procfs.Tracke
     try:
         sock.sendall(UPLOAD_HEAD.format(run=run.name).encode())
         return sock, run.pids.read("script"), run.pids.read("child")
-    except BaseException:
+    except Exception:
         sock.close()
         raise
 

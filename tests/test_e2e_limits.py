@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import random
@@ -10,10 +9,8 @@ import re
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import termios
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,19 +19,23 @@ from pathlib import Path
 import pytest
 
 from tests import procfs
-from tests.conftest import write_script
-from tests.http import Connection, IncompleteResponse, request
+from tests.conftest import sh, write_script
+from tests.http import (
+    Connection,
+    IncompleteResponse,
+    MiB,
+    connect,
+    dechunk,
+    read_to_end,
+    request,
+    reset,
+    split_head,
+    unsent_stalls,
+)
+from tests.procfs import Pids, gone, unchanged
+from tests.server import MARGIN_SECONDS, assert_clean_exit, assert_log_clean, exited, wait_log
 
 PYTHON = sys.executable
-MiB = 1024 * 1024
-
-# How long past its deadline the server may take to act on it: the reactor
-# runs on a loaded two-core machine, and /proc is polled.
-MARGIN_SECONDS = 2.0
-
-
-def sh(body: str) -> str:
-    return "#!/bin/sh\n" + body
 
 
 def stubborn(pids: Path, name: str, head: str = "") -> str:
@@ -88,39 +89,6 @@ sys.stdout.write(f"{{os.environ.get('CONTENT_LENGTH', '-')}} {{count}} {{digest.
 """
 
 
-class Pids:
-    """Pid files written by the scripts of one test; every process read from them is SIGKILLed afterwards if still running."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.seen: list[procfs.Tracked] = []
-
-    def read(self, name: str, timeout: float = 10) -> procfs.Tracked:
-        tracked = procfs.read_pid(self.dir / name, timeout)
-        self.seen.append(tracked)
-        return tracked
-
-    def text(self, name: str, timeout: float = 10) -> str:
-        path = self.dir / name
-        ready = procfs.wait_until(lambda: path.exists() and path.read_text().endswith("\n"), timeout)
-        assert ready, f"{path} not written within {timeout} s"
-        return path.read_text().strip()
-
-    def cleanup(self) -> None:
-        """SIGKILL what still runs (a whole group for a script, which leads its own), whatever the test's outcome."""
-        for tracked in self.seen:
-            info = procfs.stat(tracked.pid)
-            if not tracked.running() or info is None:
-                continue
-            try:
-                if info.pgid == tracked.pid:
-                    os.killpg(tracked.pid, signal.SIGKILL)
-                else:
-                    os.kill(tracked.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 @pytest.fixture
 def start_server(serve):
     """Like C{serve}, but afterwards a server still running gets SIGTERM and 5 s, not 30, before SIGKILL."""
@@ -144,129 +112,6 @@ def pids(docroot):
     tracker = Pids(directory)
     yield tracker
     tracker.cleanup()
-
-
-def gone(*processes: procfs.Tracked, timeout: float) -> list[procfs.Tracked]:
-    """Wait up to C{timeout} seconds for the processes to stop running; those still running."""
-    procfs.wait_until(lambda: not any(p.running() for p in processes), timeout)
-    return [p for p in processes if p.running()]
-
-
-def assert_log_clean(server) -> None:
-    """No traceback or unhandled error anywhere in the server's log."""
-    log = server.log()
-    for marker in ("Traceback", "Unhandled", "CRITICAL", "#critical"):
-        assert marker not in log, f"{marker!r} in the server log:\n{log[-4000:]}"
-
-
-def wait_log(server, pattern: str, timeout: float = 5) -> str:
-    """Wait for a line matching C{pattern} in the server's log; the log."""
-    regex = re.compile(pattern)
-    found = procfs.wait_until(lambda: regex.search(server.log()), timeout)
-    log = server.log()
-    assert found, f"no log line matching {pattern!r}:\n{log[-4000:]}"
-    return log
-
-
-def assert_clean_exit(code: int | None, server) -> None:
-    """
-    The server shut down completely after our SIGTERM. twistd (since
-    Twisted 21.2) ends a run stopped by a signal by re-raising that signal,
-    so the exit status of a clean SIGTERM shutdown is -SIGTERM, not 0.
-    """
-    assert code is not None, "the server did not exit in time after SIGTERM"
-    assert code in (0, -signal.SIGTERM), code
-    assert "Server Shut Down." in server.log()
-
-
-def connect(port: int, timeout: float = 15, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf is not None:
-        # Set before connecting, so that the window is small from the start.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(("127.0.0.1", port))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def reset(sock: socket.socket) -> None:
-    """Close with an RST rather than a FIN (SO_LINGER 0), as a crashing client would."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
-
-
-def unchanged(measure, seconds: float = 0.3):
-    """C{measure()} if it gives the same value again C{seconds} later, else None."""
-    before = measure()
-    time.sleep(seconds)
-    return before if measure() == before else None
-
-
-def unsent(sock: socket.socket) -> int:
-    """Bytes in the socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
-    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-
-
-def unsent_stalls(sock: socket.socket, seconds: float = 0.3) -> bool:
-    """Whether data waits in the send queue and none of it is taken for C{seconds}: the peer stopped reading."""
-    before = unsent(sock)
-    time.sleep(seconds)
-    return before > 0 and unsent(sock) == before
-
-
-def read_to_end(sock: socket.socket, timeout: float = 15, limit: int = 4 * MiB) -> tuple[bytes, str]:
-    """Every byte until the server closes ("eof") or resets ("reset") the connection, or C{timeout} passes."""
-    data = bytearray()
-    deadline = time.monotonic() + timeout
-    for _ in range(100_000):
-        left = deadline - time.monotonic()
-        if left <= 0 or len(data) > limit:
-            break
-        sock.settimeout(left)
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return bytes(data), "reset"
-        except TimeoutError:
-            break
-        if not chunk:
-            return bytes(data), "eof"
-        data += chunk
-    return bytes(data), "timeout"
-
-
-def split_head(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers (lower-case names) and the rest of a raw response."""
-    head, found, body = data.partition(b"\r\n\r\n")
-    assert found, f"no complete response head in {data[:300]!r}"
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers, body
-
-
-def dechunk(body: bytes) -> tuple[bytes, bool]:
-    """The data of a chunked body as far as it goes, and whether its terminating 0-chunk arrived."""
-    out = bytearray()
-    pos = 0
-    for _ in range(len(body) + 1):
-        end = body.find(b"\r\n", pos)
-        if end < 0:
-            return bytes(out), False
-        size = int(body[pos:end].split(b";")[0], 16)
-        if size == 0:
-            return bytes(out), body[end + 2 : end + 4] == b"\r\n"
-        out += body[end + 2 : end + 2 + size]
-        if len(body) < end + 2 + size + 2:
-            return bytes(out), False
-        pos = end + 2 + size + 2
-    return bytes(out), False
 
 
 # -- timeouts
@@ -903,16 +748,6 @@ def test_shutdown_stops_script_held_back_by_slow_client(start_server, docroot, p
     assert not script.running()
     assert_clean_exit(code, server)
     assert_log_clean(server)
-
-
-def exited(server, timeout: float = 10) -> int | None:
-    """The exit status of a server that is shutting down by itself, None if it is still running after C{timeout}."""
-    try:
-        return server.process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return None
-    finally:
-        server.process.stdout.close()
 
 
 def test_shutdown_delivers_response_of_last_script(start_server, docroot, pids):

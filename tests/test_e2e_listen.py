@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_script
+from tests import procfs
+from tests.conftest import sh, write_script
 from tests.http import Connection, build_request, wait_for
 from tests.ops import PYTHON, SYSTEMD_LAUNCHER, free_port, self_signed
 from tests.server import Server
-from tests.server import CHECKOUT
+from tests.server import CHECKOUT, assert_clean_exit, assert_log_clean, exited
 
 DUMP = f"""#!{PYTHON}
 import json, os, sys
@@ -225,14 +226,15 @@ needs_h2_curl = pytest.mark.skipif(
 )
 
 
+def curl_command(*args: str) -> list[str]:
+    """A curl command line that trusts any certificate, gives up after 15 s and ends its output with the HTTP version."""
+    options = ["--silent", "--show-error", "--insecure", "--max-time", "15", "--write-out", "\n%{http_version}"]
+    return ["curl", *options, *args]
+
+
 def curl(*args: str) -> tuple[str, dict | bytes]:
     """Run curl and return the HTTP version it used and the body (parsed, if JSON)."""
-    result = subprocess.run(
-        ["curl", "--silent", "--show-error", "--insecure", "--max-time", "15", "--write-out", "\n%{http_version}"]
-        + list(args),
-        capture_output=True,
-        timeout=30,
-    )
+    result = subprocess.run(curl_command(*args), capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
     body, _, version = result.stdout.rpartition(b"\n")
     try:
@@ -277,6 +279,38 @@ def test_http2_static_file(tls_server):
     """Static files are served over HTTP/2 as well."""
     version, body = curl("--http2", f"https://127.0.0.1:{tls_server.port}/hello.txt")
     assert (version, body) == ("2", b"hello\n")
+
+
+@needs_h2_curl
+def test_http2_request_in_progress_survives_shutdown(server, certificate, top):
+    """On SIGTERM an HTTP/2 request whose script is still running gets its whole response, and then the server exits cleanly."""
+    pid_file = top / f"late-{time.monotonic_ns()}.pid"
+    late = sh(f"echo $$ > {pid_file}\nsleep 1.5\nprintf 'Content-Type: text/plain\\n\\nlate\\n'\n")
+    write_script(top / "root", "late.sh", late)
+    key, cert = certificate
+    cgiserve = server(f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}", "--shutdown-grace", "6")
+    client = subprocess.Popen(
+        curl_command("--http2", "--include", f"https://127.0.0.1:{cgiserve.port}/late.sh"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        procfs.read_pid(pid_file)
+        started = time.monotonic()
+        cgiserve.process.send_signal(signal.SIGTERM)
+        out, err = client.communicate(timeout=20)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.communicate(timeout=10)
+    assert client.returncode == 0, err
+    response, _, version = out.rpartition(b"\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert (head.split(b"\r\n")[0].split()[1], body, version) == (b"200", b"late\n", b"2"), out
+    assert_clean_exit(exited(cgiserve, timeout=10), cgiserve)
+    # Sooner than the grace: the server closed the drained connection, it did not wait the grace out.
+    assert time.monotonic() - started < 6
+    assert_log_clean(cgiserve)
 
 
 def test_systemd_socket_activation(server):

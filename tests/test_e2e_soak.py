@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from tests import procfs
-from tests.conftest import write_script
+from tests.conftest import sh, write_script
 from tests.http import Connection
 
 REQUESTS = 10_000
@@ -34,10 +34,6 @@ MIX = [
     ("abandon-response", 5),
     ("abandon-upload", 5),
 ]
-
-
-def sh(body: str) -> str:
-    return "#!/bin/sh\n" + body
 
 
 def build_docroot(root) -> None:
