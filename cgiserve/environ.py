@@ -89,6 +89,14 @@ def header_variable(name: bytes) -> str | None:
     return "HTTP_" + name.decode("ascii").upper().replace("-", "_")
 
 
+def base_environ(settings: EnvironSettings) -> dict[str, str]:
+    """What every script's environment starts with: the fixed PATH and what the operator passes or sets."""
+    env = {"PATH": SAFE_PATH}
+    env.update(settings.inherited)
+    env.update(settings.extra)
+    return env
+
+
 def build_environ(facts: RequestFacts, settings: EnvironSettings) -> dict[str, str]:
     """
     The complete environment for a script: RFC 3875 section 4 meta-variables,
@@ -96,9 +104,7 @@ def build_environ(facts: RequestFacts, settings: EnvironSettings) -> dict[str, s
     one HTTP_* variable per request header, and only what the operator
     chose to pass of the server's own environment.
     """
-    env = {"PATH": SAFE_PATH}
-    env.update(settings.inherited)
-    env.update(settings.extra)
+    env = base_environ(settings)
     for name, values in facts.headers:
         lowered = name.lower()
         if lowered in _NEVER_PASSED:

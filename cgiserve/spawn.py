@@ -165,7 +165,11 @@ class ScriptProcess(process.Process):
             else:
                 self.pipes[child] = self.processWriterFactory(reactor, self, child, parent, forceReadHack=True)
         protocol.makeConnection(self)
-        process.registerReapProcessHandler(pid, self)
+        self.watch_exit()
+
+    def watch_exit(self) -> None:
+        """Have Twisted's SIGCHLD handling reap the script and call C{processEnded}."""
+        process.registerReapProcessHandler(self.pid, self)
 
 
 class ForkedScriptProcess(process.Process):
@@ -210,34 +214,65 @@ def spawn_script(
     """
     if _libc is None:
         return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
-    parent_ends: dict[int, tuple[int, str]] = {}
-    child_ends: dict[int, int] = {}
-    try:
-        if stdin:
-            child_ends[0], write_end = os.pipe()
-            parent_ends[0] = (write_end, "w")
-        else:
-            child_ends[0] = _devnull()
-        for child in (1, 2):
-            read_end, child_ends[child] = os.pipe()
-            parent_ends[child] = (read_end, "r")
-    except OSError:
-        _close([fd for fd, _ in parent_ends.values()] + [fd for child, fd in child_ends.items() if child or stdin])
-        raise
-    if min(child_ends.values()) < len(child_ends):
+    pipes = open_pipes(stdin)
+    if min(pipes.child_ends.values()) < len(pipes.child_ends):
         # A pipe end on a stdio number (the server was started with stdio
         # closed) needs Twisted's general descriptor shuffling.
-        _close([fd for fd, _ in parent_ends.values()] + [fd for child, fd in child_ends.items() if child or stdin])
+        pipes.close_parent_ends()
+        pipes.close_child_ends()
         return spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin)
-    envp = [f"{name}={value}".encode(_FS_ENCODING, "surrogateescape") for name, value in env.items()]
     try:
-        pid = posix_spawn(os.fsencode(executable), argv, envp, child_ends, os.fsencode(cwd))
+        pid = posix_spawn(os.fsencode(executable), argv, encode_environ(env), pipes.child_ends, os.fsencode(cwd))
     except OSError:
-        _close([fd for fd, _ in parent_ends.values()])
+        pipes.close_parent_ends()
         raise
     finally:
-        _close([fd for child, fd in child_ends.items() if child or stdin])
-    return ScriptProcess(reactor, pid, protocol, parent_ends)
+        pipes.close_child_ends()
+    return ScriptProcess(reactor, pid, protocol, pipes.parent_ends)
+
+
+def encode_environ(env: dict[str, str]) -> list[bytes]:
+    """An environment as the C{NAME=value} entries a child gets, in order."""
+    return [f"{name}={value}".encode(_FS_ENCODING, "surrogateescape") for name, value in env.items()]
+
+
+class Pipes:
+    """
+    A script's stdin, stdout and stderr: C{child_ends[n]} becomes its
+    descriptor n; C{parent_ends[n]} is the server's end and whether it
+    reads ("r") or writes ("w") it. Without stdin the script reads
+    /dev/null, which is shared and never closed here.
+    """
+
+    def __init__(self, stdin: bool) -> None:
+        self.stdin = stdin
+        self.parent_ends: dict[int, tuple[int, str]] = {}
+        self.child_ends: dict[int, int] = {}
+
+    def close_parent_ends(self) -> None:
+        _close([fd for fd, _ in self.parent_ends.values()])
+
+    def close_child_ends(self) -> None:
+        _close([fd for child, fd in self.child_ends.items() if child or self.stdin])
+
+
+def open_pipes(stdin: bool) -> Pipes:
+    """The pipes for a script (L{Pipes}); OSError (too many open files) leaves none open."""
+    pipes = Pipes(stdin)
+    try:
+        if stdin:
+            pipes.child_ends[0], write_end = os.pipe()
+            pipes.parent_ends[0] = (write_end, "w")
+        else:
+            pipes.child_ends[0] = _devnull()
+        for child in (1, 2):
+            read_end, pipes.child_ends[child] = os.pipe()
+            pipes.parent_ends[child] = (read_end, "r")
+    except OSError:
+        pipes.close_parent_ends()
+        pipes.close_child_ends()
+        raise
+    return pipes
 
 
 def spawn_script_forked(reactor, protocol, executable, argv, env, cwd, stdin) -> process.Process:
