@@ -53,6 +53,9 @@ class Entry:
     signal: int | None = None
     script_seconds: float | None = None
     stopped: str | None = None
+    # With --warm-python: whether the script started warm, and if not, why.
+    warm: bool | None = None
+    exec_reason: str | None = None
 
 
 def _escape(value: bytes) -> str:
@@ -114,6 +117,8 @@ def json_line(entry: Entry) -> str:
         "signal": entry.signal,
         "script_seconds": None if entry.script_seconds is None else round(entry.script_seconds, 6),
         "stopped": entry.stopped,
+        "warm": entry.warm,
+        "exec_reason": entry.exec_reason,
     }
     return json.dumps(record, separators=(",", ":"))
 
@@ -156,6 +161,8 @@ def with_script(entry: Entry, run, status) -> Entry:
         signal=getattr(status, "signal", None),
         script_seconds=run.run_seconds,
         stopped=run.stopped_because,
+        warm=run.warm,
+        exec_reason=run.exec_reason,
     )
 
 

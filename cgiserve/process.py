@@ -50,6 +50,10 @@ class ScriptProtocol(protocol.ProcessProtocol):
     """
 
     _log = Logger()
+    # Set by the spawner (cgiserve.warm): whether a warm Python helper
+    # forked the script, and if not, why it was exec'd.
+    warm = False
+    exec_reason: str | None = None
 
     def __init__(
         self,

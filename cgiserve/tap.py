@@ -19,13 +19,14 @@ from cgiserve.config import (
     default_max_scripts,
 )
 from cgiserve.drain import DELIVERY_SECONDS, Drain
-from cgiserve.environ import EnvironSettings
+from cgiserve.environ import EnvironSettings, base_environ
 from cgiserve.listen import ListeningService, check_endpoint
 from cgiserve.paths import BadPath, path_segments
 from cgiserve.privileges import RootWarning
 from cgiserve.resource import DocumentRoot
 from cgiserve.runner import ScriptRunner
 from cgiserve.site import Site
+from cgiserve.spawn import spawn_script
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 
@@ -153,6 +154,7 @@ class Options(usage.Options):
         ["access-log-format", None, "combined", "Apache's combined, or json with script details.", _log_format],
         ["htpasswd", None, None, "Require HTTP Basic authentication with this htpasswd file (bcrypt entries)."],
         ["auth-realm", None, "cgiserve", "The realm that --htpasswd names in its 401 challenge."],
+        ["warm-preload", None, None, "Modules --warm-python helpers import at start, comma-separated (empty: none)."],
     ]
     optFlags = [
         ["no-listing", None, "Answer 403 for a directory without an index file instead of listing it."],
@@ -170,6 +172,7 @@ class Options(usage.Options):
         self["interpreter"] = {}
         self["auth-path"] = []
         self["cgi-dir"] = []
+        self["warm-python"] = []
 
     def opt_listen(self, endpoint):
         """Listen on this Twisted endpoint (repeatable; default tcp:8000:interface=127.0.0.1)."""
@@ -182,6 +185,13 @@ class Options(usage.Options):
     def opt_cgi_dir(self, directory):
         """Run scripts only from this directory under the root, like Apache's ScriptAlias (repeatable)."""
         self["cgi-dir"].append(directory)
+
+    def opt_warm_python(self, interpreter):
+        """Start scripts of this Python interpreter (its path as #! lines name it) from a preloaded helper (repeatable)."""
+        if not os.path.isabs(interpreter) or not os.access(interpreter, os.X_OK) or os.path.isdir(interpreter):
+            raise usage.UsageError(f"--warm-python {interpreter}: not the absolute path of an executable")
+        if interpreter not in self["warm-python"]:
+            self["warm-python"].append(interpreter)
 
     def opt_index(self, name):
         """File name to serve for a directory (repeatable; default index.html, index.htm)."""
@@ -226,6 +236,19 @@ class Options(usage.Options):
             raise usage.UsageError("--auth-path needs --htpasswd")
         self["auth-path"] = [_auth_prefix(prefix) for prefix in self["auth-path"]]
         self["cgi-dir"] = tuple(_cgi_dir(root, name) for name in self["cgi-dir"])
+        if self["warm-python"]:
+            # Imported only when used, like auth.
+            from cgiserve import warm
+
+            unsupported = warm.supported()
+            if unsupported is not None:
+                raise usage.UsageError(f"--warm-python: {unsupported}")
+            if self["warm-preload"] is None:
+                self["warm-preload"] = warm.DEFAULT_PRELOAD
+            else:
+                self["warm-preload"] = tuple(name.strip() for name in self["warm-preload"].split(",") if name.strip())
+        elif self["warm-preload"] is not None:
+            raise usage.UsageError("--warm-preload needs --warm-python")
 
     def config(self) -> ServerConfig:
         """The server configuration these options describe."""
@@ -262,10 +285,19 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The script runner, one HTTP service per --listen endpoint, all serving the same site, and their drain."""
+    """The warm Python helpers if any, the script runner, one HTTP service per --listen endpoint, all serving the same site, and their drain."""
     config = options.config()
     top = service.MultiService()
-    runner = ScriptRunner(config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace)
+    spawner = spawn_script
+    if options["warm-python"]:
+        from cgiserve.warm import WarmPythons
+
+        warm = WarmPythons(options["warm-python"], base_environ(config.environ), options["warm-preload"])
+        warm.setServiceParent(top)
+        spawner = warm.spawner
+    runner = ScriptRunner(
+        config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace, spawner=spawner
+    )
     runner.setServiceParent(top)
     RootWarning().setServiceParent(top)
     root = DocumentRoot(config.root, config, runner)

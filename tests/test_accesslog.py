@@ -128,6 +128,8 @@ def test_json_line_fields():
         "signal": None,
         "script_seconds": None,
         "stopped": None,
+        "warm": None,
+        "exec_reason": None,
     }
 
 
@@ -145,6 +147,8 @@ class _Run:
     pgid = 4242
     run_seconds = None
     stopped_because = None
+    warm = False
+    exec_reason = None
 
     def __init__(self):
         self.done = Deferred()
