@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 import time
 
 from procfs import MiB
@@ -31,6 +32,44 @@ def check(port, path, expected):
         conn.close()
     if resp.status != 200 or body != expected:
         raise CheckError(f"GET {path}: {resp.status} {body[:80]!r}")
+
+
+def concurrent(port, path, count, expected, during, timeout=20):
+    """``count`` GETs of ``path`` at once, each in a thread; ``during()`` runs meanwhile.
+
+    Returns what ``during()`` returned once every answer is in; raises
+    CheckError unless each is status 200 with body ``expected`` within
+    ``timeout`` seconds.
+    """
+    answers = [None] * count
+
+    def get(i):
+        conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            answers[i] = resp.status, resp.read(len(expected) + 1024)
+        except (OSError, http.client.HTTPException) as e:
+            answers[i] = e
+        finally:
+            conn.close()
+
+    deadline = time.monotonic() + timeout
+    threads = [threading.Thread(target=get, args=(i,), daemon=True)
+               for i in range(count)]
+    for thread in threads:
+        thread.start()
+    value = during()
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0))
+    for answer in answers:
+        if answer is None:
+            raise CheckError(f"GET {path}: no answer within {timeout} s")
+        if isinstance(answer, Exception):
+            raise CheckError(f"GET {path}: {answer!r}")
+        if answer != (200, expected):
+            raise CheckError(f"GET {path}: {answer!r}"[:100])
+    return value
 
 
 def _ms(text):

@@ -13,6 +13,15 @@ BLOCK = 64 * 1024
 # The system Python starts faster than a pyenv one, and stays runnable when
 # http.server (running as root) drops to user nobody for CGI.
 PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+# Common standard library modules, all in cgiserve's default --warm-preload
+# list: what a warm helper has imported before the script starts.
+IMPORTED = ("base64", "collections", "datetime", "decimal", "email.message",
+            "email.utils", "hashlib", "html", "json", "re", "string",
+            "textwrap", "urllib.parse", "uuid")
+SLEEP_SECONDS = 2
+# The Python scripts, whose #! line names PYTHON with no options: those a
+# server run with --warm-python PYTHON starts warm.
+WARM_SCRIPTS = ("hello-py.cgi", "imports-py.cgi", "sleep-py.cgi")
 
 SCRIPTS = {
     "hello-sh.cgi": """#!/bin/sh
@@ -20,6 +29,16 @@ printf 'Content-Type: text/plain\\r\\n\\r\\nhello\\n'
 """,
     "hello-py.cgi": f"""#!{PYTHON}
 import sys
+sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\nhello\\n")
+""",
+    "imports-py.cgi": f"""#!{PYTHON}
+import sys
+import {", ".join(IMPORTED)}
+sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\nhello\\n")
+""",
+    "sleep-py.cgi": f"""#!{PYTHON}
+import sys, time
+time.sleep({SLEEP_SECONDS})
 sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\nhello\\n")
 """,
     # Read exactly CONTENT_LENGTH bytes: some servers hand the CGI the socket.

@@ -1,4 +1,4 @@
-"""Read process facts from /proc: RSS, spooled temp files, CGI children."""
+"""Read process facts from /proc: RSS, PSS, spooled temp files, CGI children."""
 
 import os
 import stat
@@ -58,8 +58,8 @@ def spooled(pid):
     return total
 
 
-def descendants(pid):
-    """PIDs of all live descendants of a process."""
+def _parents():
+    """{pid: parent pid} of every live process."""
     parent_of = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -71,12 +71,52 @@ def descendants(pid):
         except OSError:
             continue
         parent_of[int(entry)] = int(fields[1])
+    return parent_of
+
+
+def children(pid):
+    """PIDs of the live children of a process (not their children)."""
+    return [p for p, pp in _parents().items() if pp == pid]
+
+
+def descendants(pid):
+    """PIDs of all live descendants of a process."""
+    parent_of = _parents()
     found, frontier = [], {pid}
     while frontier:
-        children = {p for p, pp in parent_of.items() if pp in frontier}
-        found.extend(children)
-        frontier = children
+        below = {p for p, pp in parent_of.items() if pp in frontier}
+        found.extend(below)
+        frontier = below
     return found
+
+
+def cmdline(pid):
+    """A process's arguments joined by spaces; "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def memory(pid):
+    """RSS, PSS and private memory of one process in bytes, from /proc/PID/smaps_rollup.
+
+    PSS divides each shared page among the processes that map it, so the
+    PSS of several processes adds up to the memory they take together;
+    private pages are mapped by this process alone (for a forked child,
+    those it has written since the fork, copied). Returns a dict with
+    keys rss, pss and private; raises OSError once the process is gone.
+    """
+    kib = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                kib[name] = int(rest.split()[0])
+    return {"rss": kib.get("Rss", 0) * 1024, "pss": kib.get("Pss", 0) * 1024,
+            "private": (kib.get("Private_Clean", 0)
+                        + kib.get("Private_Dirty", 0)) * 1024}
 
 
 def written(pids):

@@ -1,10 +1,11 @@
-"""Benchmark cgiserve against twistd web, lighttpd and http.server.
+"""Benchmark cgiserve (exec and warm Python) against twistd web, lighttpd and http.server.
 
 Usage: python3 bench/run.py [--quick] [--duration S] [--rounds N]
                             [--servers a,b] [--markdown PATH]
 """
 
 import argparse
+import collections
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import report
 from procfs import MiB
 from servers import COMMANDS, Server, StartError
 
-DEFAULT_SERVERS = "cgiserve,twistd-web,lighttpd,http.server"
+DEFAULT_SERVERS = "cgiserve,cgiserve-warm,twistd-web,lighttpd,http.server"
 
 # (name, path, expected body, wrk threads, connections)
 LOADS = [
@@ -30,8 +31,24 @@ LOADS = [
     ("C CGI c1", "/cgi-bin/hello-c.cgi", docroot.HELLO, 1, 1),
     ("C CGI c16", "/cgi-bin/hello-c.cgi", docroot.HELLO, 2, 16),
     ("sh CGI c16", "/cgi-bin/hello-sh.cgi", docroot.HELLO, 2, 16),
+    ("Python CGI c1", "/cgi-bin/hello-py.cgi", docroot.HELLO, 1, 1),
     ("Python CGI c16", "/cgi-bin/hello-py.cgi", docroot.HELLO, 2, 16),
+    ("Python imports c16", "/cgi-bin/imports-py.cgi", docroot.HELLO, 2, 16),
 ]
+
+MEMORY = "8 sleeping Python CGIs"
+MEMORY_PATH, MEMORY_SCRIPTS = "/cgi-bin/sleep-py.cgi", 8
+
+# The issue's targets for warm Python: cgiserve-warm's figure over a
+# peer's, (scenario, metric, peer, ">=" or "<=", bound).
+WARM_TARGETS = [
+    ("Python CGI c1", "p50", "lighttpd", "<=", 0.35),
+    ("Python CGI c16", "rps", "lighttpd", ">=", 3.0),
+    ("Python imports c16", "rps", "lighttpd", ">=", 8.0),
+    (MEMORY, "pss", "cgiserve", "<=", 1.0),
+]
+# How the warm table labels a metric, and the decimals it shows.
+METRICS = {"rps": ("req/s", 0), "p50": ("p50 ms", 2), "pss": ("scripts' PSS MiB", 1)}
 
 
 def parse_args():
@@ -85,7 +102,7 @@ def bench_loads(servers, args, loads):
         runs = {}
         for server in servers:
             try:
-                clients.check(server.port, path, expected)
+                check(server, path, expected)
                 runs[server.name] = []
             except (clients.CheckError, OSError) as e:
                 loads[name][server.name] = {"error": str(e)}
@@ -104,8 +121,43 @@ def bench_loads(servers, args, loads):
             loads[name][server_name] = median_run(results)
 
 
+def warm_eligible(path):
+    """Whether a warm server should start the script at ``path`` warm."""
+    return os.path.basename(path) in docroot.WARM_SCRIPTS
+
+
+def check(server, path, expected):
+    """The scenario check: one GET answered 200 with body ``expected``.
+
+    A warm server must also have started a Python script warm, as its
+    access log says; raises CheckError (with the reason it gives) if not.
+    """
+    offset = server.access_log_size()
+    clients.check(server.port, path, expected)
+    if not (server.warm and warm_eligible(path)):
+        return
+    # The record is written once the script has ended, just after the answer.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = [r for r in server.access_records(offset) if r["uri"] == path]
+        if records:
+            if records[-1]["warm"] is not True:
+                raise clients.CheckError(
+                    f"GET {path}: not started warm: {records[-1]['exec_reason']}")
+            return
+        time.sleep(0.05)
+    raise clients.CheckError(f"GET {path}: no record in the access log")
+
+
 def measured_wrk(server, path, threads, conns, duration):
-    """One wrk run, with the server's own CPU time per request and how busy the machine was."""
+    """One wrk run, with the server's own CPU time per request and how busy the machine was.
+
+    From a warm server, for a Python script, also how many requests its
+    access log says were exec'd (and the commonest reason) and how many
+    warm helpers its log says were started meanwhile.
+    """
+    warm = server.warm and warm_eligible(path)
+    access_offset, log_offset = server.access_log_size(), server.log_size()
     cpu_before = procfs.cpu_seconds(server.pid)
     busy_before, total_before = procfs.machine_times()
     result = clients.wrk(server.port, path, threads, conns, duration)
@@ -113,12 +165,28 @@ def measured_wrk(server, path, threads, conns, duration):
     cpu = procfs.cpu_seconds(server.pid) - cpu_before
     result["cpu_us"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
     result["busy"] = (busy_after - busy_before) / max(total_after - total_before, 1)
+    if warm:
+        result.update(exec_count(server, path, access_offset))
+        result["helpers"] = server.helpers_started(log_offset)
     return result
+
+
+def exec_count(server, path, offset):
+    """How many of the scripts logged since ``offset`` were exec'd, and the commonest reason.
+
+    Requests that ran no script (those wrk cut short at its end) do not count.
+    """
+    records = [r for r in server.access_records(offset)
+               if r["uri"] == path and r["script"]]
+    reasons = collections.Counter(r["exec_reason"] for r in records
+                                  if r["warm"] is not True)
+    return {"logged": len(records), "exec": sum(reasons.values()),
+            "exec_reason": reasons.most_common(1)[0][0] if reasons else None}
 
 
 def median_run(results):
     """One row from several wrk runs: medians of rates and latencies, sums of errors."""
-    return {
+    row = {
         "rps": statistics.median(r["rps"] for r in results),
         "p50": statistics.median(r["p50"] for r in results),
         "p99": statistics.median(r["p99"] for r in results),
@@ -127,6 +195,71 @@ def median_run(results):
         "errors": sum(r["errors"] for r in results),
         "read_errors": sum(r["read_errors"] for r in results),
     }
+    if "logged" in results[0]:
+        row.update({key: sum(r[key] for r in results)
+                    for key in ("logged", "exec", "helpers")})
+        row["exec_reason"] = next(
+            (r["exec_reason"] for r in results if r["exec_reason"]), None)
+    return row
+
+
+def bench_memory(server, memory):
+    """Eight concurrent Python CGIs that sleep: their PSS, summed, and the warm helper's.
+
+    From a warm server the scripts are the children of its helper (plus
+    any it exec'd); from the others, the server's children.
+    """
+    print(f"  {MEMORY}", flush=True)
+    try:
+        memory[server.name] = clients.concurrent(
+            server.port, MEMORY_PATH, MEMORY_SCRIPTS, docroot.HELLO,
+            lambda: sleeping_memory(server))
+    except (clients.CheckError, OSError) as e:
+        memory[server.name] = {"error": str(e)}
+
+
+def sleeping_memory(server, settle=0.3, samples=5, interval=0.1):
+    """The memory of the sleeping scripts: the sample with the largest PSS of a few.
+
+    Waits (up to half the scripts' sleep) until all of them run, then
+    ``settle`` seconds for the last one to have started up and fallen asleep.
+    """
+    deadline = time.monotonic() + docroot.SLEEP_SECONDS / 2
+    while (len(server.scripts()[0]) < MEMORY_SCRIPTS
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+    time.sleep(settle)
+    found = []
+    for i in range(samples):
+        if i:
+            time.sleep(interval)
+        found.append(script_memory(server))
+    return max(found, key=lambda m: m["pss"])
+
+
+def script_memory(server):
+    """RSS and PSS of the server's running scripts, summed, and of its warm helpers."""
+    helpers = server.warm_helpers()
+    scripts, warm = server.scripts()
+    found = {"scripts": 0, "warm": 0, "rss": 0, "pss": 0, "private": 0,
+             "helpers": len(helpers), "helper_rss": 0, "helper_pss": 0}
+    for pid in scripts:
+        try:
+            m = procfs.memory(pid)
+        except OSError:
+            continue
+        found["scripts"] += 1
+        found["warm"] += pid in warm
+        for key in ("rss", "pss", "private"):
+            found[key] += m[key]
+    for pid in helpers:
+        try:
+            m = procfs.memory(pid)
+        except OSError:
+            continue
+        found["helper_rss"] += m["rss"]
+        found["helper_pss"] += m["pss"]
+    return found
 
 
 def bench_bodies(server, args, big):
@@ -150,7 +283,7 @@ def bench_bodies(server, args, big):
     wrote = {}
 
     def on_end():
-        wrote["bytes"] = procfs.written(procfs.descendants(pid))
+        wrote["bytes"] = procfs.written(server.scripts()[0])
 
     try:
         with procfs.Sampler(pid) as s:
@@ -158,17 +291,17 @@ def bench_bodies(server, args, big):
                                         MiB, args.download_s, on_end)
         mem.update({"download ahead": fmt_mib(wrote["bytes"] - got),
                     "download peak RSS +": fmt_mib(s.peak_rss - base),
-                    "CGI gone 5 s after close": cgi_gone(pid)})
+                    "CGI gone 5 s after close": cgi_gone(server)})
     except (clients.CheckError, OSError) as e:
         mem["download ahead"] = f"FAIL: {e}"[:100]
     mem["RSS after"] = fmt_mib(procfs.rss(pid))
 
 
-def cgi_gone(pid, timeout=5):
-    """Whether the server's children all exit within ``timeout`` seconds."""
+def cgi_gone(server, timeout=5):
+    """Whether the server's scripts all exit within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not procfs.descendants(pid):
+        if not server.scripts()[0]:
             return "yes"
         time.sleep(0.1)
     return "no"
@@ -180,6 +313,18 @@ def fmt_mib(n):
 
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else ""
+
+
+def load_note(r):
+    """The note column: socket read errors, and a warm server's exec'd requests."""
+    notes = []
+    if r["read_errors"]:
+        notes.append(f"{r['read_errors']} socket read errors")
+    if "logged" in r:
+        notes.append(f"{r['exec']} of {r['logged']} exec'd"
+                     + (f" ({r['exec_reason']})" if r["exec"] else ""))
+        notes.append(f"helpers started: {r['helpers']}")
+    return "; ".join(notes)
 
 
 def load_table(loads):
@@ -198,10 +343,77 @@ def load_table(loads):
                 f"{r['cpu_us']:.0f}", f"{r['busy']:.0%}",
                 ratio(ref.get("rps"), r["rps"]) if peer else "",
                 ratio(ref.get("p50"), r["p50"]) if peer else "",
-                f"{r['read_errors']} socket read errors" if r["read_errors"] else ""])
+                load_note(r)])
     return report.table(
         ["scenario", "server", "req/s", "p50 ms", "p99 ms", "errors",
          "server CPU us/req", "machine busy", "req/s cgiserve/peer", "p50 cgiserve/peer", "note"], rows)
+
+
+def memory_table(memory):
+    """The sleeping scripts' memory per server; a warm server's helper beside it."""
+    rows = []
+    for server, m in memory.items():
+        if "error" in m:
+            rows.append([server] + [""] * 8 + [f"FAIL: {m['error']}"[:100]])
+            continue
+        helper = bool(m["helpers"])
+        each = max(m["scripts"], 1)
+        rows.append([
+            server, f"{m['scripts']}" + (f" ({m['warm']} warm)" if helper else ""),
+            fmt_mib(m["pss"]), fmt_mib(m["pss"] / each),
+            fmt_mib(m["private"] / each), fmt_mib(m["rss"]),
+            fmt_mib(m["helper_rss"]) if helper else "",
+            fmt_mib(m["helper_pss"]) if helper else "",
+            fmt_mib(m["pss"] + m["helper_pss"]) if helper else "",
+            f"{m['helpers']} helpers" if m["helpers"] > 1 else ""])
+    return report.table(
+        ["server", "scripts running", "scripts' PSS", "PSS per script",
+         "private per script", "scripts' RSS", "helper RSS", "helper PSS",
+         "scripts + helper PSS", "note"], rows)
+
+
+def warm_figures(loads, memory):
+    """{(scenario, metric): {server: value}} for the warm Python table."""
+    figures = {}
+    for name, path, *_ in LOADS:
+        if warm_eligible(path):
+            for metric in ("rps", "p50"):
+                figures[name, metric] = {server: r[metric] for server, r
+                                         in loads[name].items() if metric in r}
+    figures[MEMORY, "pss"] = {server: m["pss"] / MiB for server, m
+                              in memory.items() if "pss" in m}
+    return figures
+
+
+def target_met(value, op, bound):
+    if value is None:
+        return "n/a"
+    return "met" if (value >= bound if op == ">=" else value <= bound) else "not met"
+
+
+def warm_table(loads, memory):
+    """Warm against exec'd Python: cgiserve-warm over lighttpd and over cgiserve, and the targets."""
+    targets = {(scenario, metric): (peer, op, bound)
+               for scenario, metric, peer, op, bound in WARM_TARGETS}
+    rows = []
+    for (scenario, metric), values in warm_figures(loads, memory).items():
+        warm = values.get("cgiserve-warm")
+        over = {peer: warm / values[peer] if warm and values.get(peer) else None
+                for peer in ("lighttpd", "cgiserve")}
+        target = met = ""
+        if (scenario, metric) in targets:
+            peer, op, bound = targets[scenario, metric]
+            target = f"warm/{peer} {op} {bound:g}"
+            met = target_met(over[peer], op, bound)
+        digits = METRICS[metric][1]
+        rows.append([scenario, METRICS[metric][0]]
+                    + [f"{values[s]:.{digits}f}" if s in values else ""
+                       for s in ("cgiserve-warm", "cgiserve", "lighttpd")]
+                    + [f"{over[p]:.2f}" if over[p] else "" for p in over]
+                    + [target, met])
+    return report.table(
+        ["scenario", "metric", "cgiserve-warm", "cgiserve", "lighttpd",
+         "warm/lighttpd", "warm/cgiserve", "target", "met"], rows)
 
 
 def big_table(big, args):
@@ -221,7 +433,7 @@ def main():
     load_before = os.getloadavg()[0]
     ensure_tools(args.servers)
     loads = {name: {} for name, *_ in LOADS}
-    big = {}
+    big, memory = {}, {}
     workdir = tempfile.mkdtemp(prefix="cgiserve-bench-")
     try:
         os.chmod(workdir, 0o755)
@@ -243,12 +455,14 @@ def main():
                     for scenario in loads.values():
                         scenario[server.name] = {"error": f"did not start: {e}"}
                     big[server.name] = {"idle RSS": "did not start"}
+                    memory[server.name] = {"error": f"did not start: {e}"}
             time.sleep(1)
             for server in running:
                 big[server.name] = {"idle RSS": fmt_mib(procfs.rss(server.pid))}
             bench_loads(running, args, loads)
             for server in running:
                 print(f"{server.name}:", flush=True)
+                bench_memory(server, memory)
                 bench_bodies(server, args, big)
         finally:
             for server in servers:
@@ -264,6 +478,8 @@ def main():
             f"- 1-minute load average: {load_before:.2f} before, "
             f"{os.getloadavg()[0]:.2f} after\n\n"
             f"## Request load (wrk)\n\n{load_table(loads)}\n\n"
+            f"## {MEMORY}\n\n{memory_table(memory)}\n\n"
+            f"## Warm Python: targets\n\n{warm_table(loads, memory)}\n\n"
             f"## Large bodies and memory\n\n{big_table(big, args)}\n")
     print("\n" + text)
     if args.markdown:

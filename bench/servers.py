@@ -1,12 +1,15 @@
 """Start and stop the servers under test, each on its own loopback port."""
 
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import docroot
 import procfs
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +35,12 @@ def _twisted(*args):
             "-n", "--pidfile=", *args]
 
 
-def _cgiserve(root, port, workdir):
+def access_log_path(workdir, name):
+    """Where a server that logs requests (cgiserve-warm) writes them, one JSON object a line."""
+    return os.path.join(workdir, f"{name}-access.json")
+
+
+def _cgiserve(root, port, workdir, *options):
     path = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
     # Bytecode compiled beforehand, as pip does at install (and as twistd
     # web's is): otherwise every start compiles the checkout's modules, and
@@ -42,8 +50,17 @@ def _cgiserve(root, port, workdir):
                     os.path.join(CHECKOUT, "twisted", "plugins")], check=True)
     # --max-body=0: the default 100 MiB limit would refuse the 200 MiB upload.
     argv = _twisted("cgiserve", "--root", root, "--max-body=0",
-                    "--listen", f"tcp:{port}:interface={HOST}")
+                    "--listen", f"tcp:{port}:interface={HOST}", *options)
     return argv, {"PYTHONPATH": path}
+
+
+def _cgiserve_warm(root, port, workdir):
+    # The access log says of each request whether it started warm: the
+    # bench checks that before measuring, and counts the exec'd ones.
+    return _cgiserve(root, port, workdir,
+                     "--warm-python", docroot.PYTHON,
+                     "--access-log", access_log_path(workdir, "cgiserve-warm"),
+                     "--access-log-format", "json")
 
 
 def _twistd_web(root, port, workdir):
@@ -68,6 +85,7 @@ def _http_server(root, port, workdir):
 
 COMMANDS = {
     "cgiserve": _cgiserve,
+    "cgiserve-warm": _cgiserve_warm,
     "twistd-web": _twistd_web,
     "lighttpd": _lighttpd,
     "http.server": _http_server,
@@ -81,6 +99,15 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Servers run with --warm-python, and how their log tells that the warm
+# helper is serving (or is not going to).
+WARM = {"cgiserve-warm"}
+WARM_READY = "self-test passed"
+WARM_FAILED = re.compile(r"self-test failed.*|cannot start a helper.*")
+WARM_HELPER = "warm_helper.py"
+WARM_STARTING = re.compile(r"helper \d+ starting")
+
+
 class StartError(Exception):
     """The server exited or did not accept connections in time."""
 
@@ -92,6 +119,8 @@ class Server:
         self.name = name
         self.port = free_port()
         self.log_path = os.path.join(workdir, f"{name}.log")
+        self.warm = name in WARM
+        self.access_log = access_log_path(workdir, name) if self.warm else None
         argv, env = COMMANDS[name](root, self.port, workdir)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -105,21 +134,86 @@ class Server:
         return self.proc.pid
 
     def wait_ready(self, timeout=20):
-        """Return once the port accepts connections, else raise StartError."""
+        """Return once the port accepts connections, else raise StartError.
+
+        A warm server must also have its helper ready: its log says
+        "self-test passed" (not "self-test failed").
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise StartError(f"exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 socket.create_connection((HOST, self.port), timeout=1).close()
-                return
+                break
             except OSError:
                 time.sleep(0.1)
-        raise StartError(f"not listening after {timeout} s: {self.log_tail()}")
+        else:
+            raise StartError(f"not listening after {timeout} s: {self.log_tail()}")
+        if self.warm:
+            self._wait_warm(deadline)
+
+    def _wait_warm(self, deadline):
+        while time.monotonic() < deadline:
+            text = self.log_text()
+            if WARM_READY in text:
+                return
+            failed = WARM_FAILED.search(text)
+            if failed:
+                raise StartError(f"warm Python not ready: {failed.group(0)}")
+            time.sleep(0.1)
+        raise StartError(f"no {WARM_READY!r} in its log: {self.log_tail()}")
+
+    def log_text(self, offset=0):
+        """The server's log from byte ``offset`` on."""
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    def log_size(self):
+        return os.path.getsize(self.log_path)
 
     def log_tail(self, lines=5):
-        with open(self.log_path, errors="replace") as f:
-            return " | ".join(f.read().strip().splitlines()[-lines:])
+        return " | ".join(self.log_text().strip().splitlines()[-lines:])
+
+    def access_log_size(self):
+        """The access log's size in bytes (0 for a server without one)."""
+        try:
+            return os.path.getsize(self.access_log) if self.access_log else 0
+        except FileNotFoundError:
+            return 0
+
+    def access_records(self, offset=0):
+        """The access log's records from byte ``offset`` on, as dicts (complete lines only)."""
+        if not self.access_log:
+            return []
+        try:
+            with open(self.access_log, "rb") as f:
+                f.seek(offset)
+                lines = f.read().split(b"\n")[:-1]
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines]
+
+    def helpers_started(self, offset=0):
+        """How many warm helpers the log says were started from byte ``offset`` on."""
+        return len(WARM_STARTING.findall(self.log_text(offset)))
+
+    def warm_helpers(self):
+        """PIDs of the server's warm Python helpers (more than one while one is replaced)."""
+        if not self.warm:
+            return []
+        return [pid for pid in procfs.children(self.pid)
+                if WARM_HELPER in procfs.cmdline(pid)]
+
+    def scripts(self):
+        """PIDs of the scripts running now, and the set of those a warm helper forked.
+
+        The scripts are the server's descendants less its warm helpers.
+        """
+        helpers = self.warm_helpers()
+        warm = {pid for helper in helpers for pid in procfs.children(helper)}
+        return [p for p in procfs.descendants(self.pid) if p not in helpers], warm
 
     def stop(self):
         """SIGTERM the process group, SIGKILL it if still there after 5 s.
