@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.test_warm_helper,tests.test_warm_fidelity -*-
 """
 The warm Python helper: a preloaded interpreter that forks one child per
-request, each becoming the script exactly as a fresh interpreter would.
+request (ahead of it: a spare waits for the next request), each becoming
+the script exactly as a fresh interpreter would.
 
 It runs under the script's own interpreter, started as
 C{INTERPRETER warm_helper.py --preload MODULES} with the environment
@@ -17,6 +18,7 @@ import sys
 # any of those, never these.
 STARTUP_MODULES = frozenset(sys.modules)
 
+import array
 import atexit
 import builtins
 import gc
@@ -148,22 +150,35 @@ def _make_stream(fd, name, mode, config):
 # -- the child: becoming the script
 
 
-def become(startup, own, fds, cwd, script, argv0, args, env):
+def prepare(startup, own, keep):
     """
-    In the forked child: rebuild what a fresh interpreter started on
-    C{script} would have, up to its fresh C{__main__} in C{sys.modules}.
-    What L{run} and L{_exit} need: the script's absolute path, argv0, the
-    modules it finds imported, the builtins to restore at its end.
+    In a forked spare, before it has its request: the signal state a
+    fresh interpreter has, and no descriptor above 2 but C{keep}: the
+    helper's objects in C{own} are closed through them (so that none
+    closes a reused descriptor later), any other directly.
     """
     signal.set_wakeup_fd(-1)
     for signum, handler in startup.handlers.items():
         if handler is not None and signal.getsignal(signum) is not handler:
             signal.signal(signum, handler)
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
     for thing in own:
         thing.close()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def become(startup, fds, cwd, script, argv0, args, env):
+    """
+    In a prepared spare given its request: rebuild the rest of what a
+    fresh interpreter started on C{script} would have (C{fds} as its
+    stdin, stdout and stderr, and no other descriptor), up to its fresh
+    C{__main__} in C{sys.modules}. What L{run} and L{_exit} need: the
+    script's absolute path, argv0, the modules it finds imported, the
+    builtins to restore at its end.
+    """
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     os.chdir(os.fsdecode(cwd))
     os.environ.clear()
@@ -239,8 +254,8 @@ def run(runner, filename, argv0):
         return 2
     error = None
     try:
-        prepare, call = runner
-        call(*prepare(fd, filename, namespace))
+        open_script, call = runner
+        call(*open_script(fd, filename, namespace))
     except BaseException as e:  # the script's own uncaught exception, printed as CPython prints it
         error = e
     # Handled out of the except clause: the hooks see no exception being handled.
@@ -257,7 +272,7 @@ def run(runner, filename, argv0):
 def file_runner():
     """
     CPython's own parser and evaluator of a script file, as a pair:
-    C{call(*prepare(fd, filename, namespace))} runs it with no frame of
+    C{call(*open_script(fd, filename, namespace))} runs it with no frame of
     ours between (the call is C's). It is PyRun_FileExFlags, the function
     pythonrun.c runs a script's file with, through ctypes: its tokenizer
     decodes, and rejects, a file's bytes as a fresh run does. Where
@@ -523,49 +538,211 @@ def preload(names):
     return failed
 
 
-def serve(channel, startup):
+class _Loop:
     """
-    Fork a child for each run request; report each child's start and
-    exit; return None on QUIT or when the server goes. In a child, return
-    what L{run} needs (see L{become}).
+    The helper's loop. A spare child is forked ahead of each request and
+    prepares itself (its own session, a fresh signal state, none of the
+    helper's descriptors) while it waits, so that a request costs no fork
+    on its way. The request's start is reported once its child leads its
+    own session (so that the server may signal its group), its exit once
+    it is reaped.
+
+    Requests arrive in one buffer, and each copy made of one is wiped once
+    it is handed over: every later spare inherits this memory, freed
+    blocks too. A spare is forked only with no request's descriptors open.
     """
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-    # Requests arrive in here, and each copy made of one is wiped once
-    # done with: every later child inherits this memory, freed blocks too.
-    buffer = bytearray(MAX_MESSAGE_BYTES)
-    children = set()
-    accepting = True
-    while accepting or children:
-        readable, _, _ = select.select([channel, wake_r] if accepting else [wake_r], [], [])
-        if wake_r in readable:
-            os.read(wake_r, 4096)
-            _reap(channel, children)
-        if channel in readable:
+
+    def __init__(self, channel, startup):
+        self.channel = channel
+        self.startup = startup
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.buffer = bytearray(MAX_MESSAGE_BYTES)
+        # Children given a request, and a child's "ready" pipe -> its token
+        # and pid until it has its session.
+        self.children = set()
+        self.starting = {}
+        # The spare: its pid, its socket, its "ready" pipe (None once ready).
+        self.spare = None
+
+    def serve(self):
+        """
+        Serve until QUIT or until the server goes, then until the last
+        child has ended: None. In a spare: its end of the socket its
+        request comes on (see L{take_request}).
+        """
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        accepting = True
+        while accepting or self.children:
+            if accepting and self.spare is None:
+                spare_socket = self._fork_spare()
+                if spare_socket is not None:
+                    return spare_socket
+            spare_ready = [self.spare[2]] if self.spare and self.spare[2] is not None else []
+            watched = [self.wake_r, *self.starting, *spare_ready, *([self.channel] if accepting else [])]
+            readable, _, _ = select.select(watched, [], [])
+            for ready in set(readable) & set(self.starting):
+                self._announce(ready)
+            if spare_ready and spare_ready[0] in readable:
+                os.close(spare_ready[0])
+                self.spare = (*self.spare[:2], None)
+            if self.channel in readable:
+                accepting = self._receive()
+                if not accepting and self.spare is not None:
+                    self._drop_spare()
+            if self.wake_r in readable:
+                os.read(self.wake_r, 4096)
+            self._reap()
+        return None
+
+    def _fork_spare(self):
+        """Fork the next spare: None here; in the spare, prepared, its socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Room for the largest request, as the server makes on its side.
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * MAX_MESSAGE_BYTES)
+        ready_r, ready_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            prepared = False
             try:
-                size, ancillary, flags, _ = channel.recvmsg_into([buffer], socket.CMSG_SPACE(RUN_FDS * 4))
-            except InterruptedError:
-                continue
-            fds = _received_fds(ancillary)
-            message = buffer[:size]
-            _wipe(memoryview(buffer)[:size])
+                os.setsid()
+                os.close(ready_w)
+                own = [self.channel, ours, *(_Fd(fd) for fd in (self.wake_r, self.wake_w, ready_r, *self.starting))]
+                prepare(self.startup, own, theirs.fileno())
+                prepared = True
+            finally:
+                if not prepared:  # never back into the helper's loop
+                    os._exit(127)
+            return theirs
+        os.close(ready_w)
+        theirs.close()
+        self.spare = (pid, ours, ready_r)
+        return None
+
+    def _forget_spare(self):
+        _, spare_socket, ready = self.spare
+        self.spare = None
+        spare_socket.close()
+        if ready is not None:
+            os.close(ready)
+
+    def _drop_spare(self):
+        """End the spare (its socket closed, it exits) and reap it."""
+        pid = self.spare[0]
+        self._forget_spare()
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # already reaped
+            pass
+
+    def _receive(self):
+        """Take one message; False once no more requests will come."""
+        try:
+            size, ancillary, flags, _ = self.channel.recvmsg_into([self.buffer], socket.CMSG_SPACE(RUN_FDS * 4))
+        except InterruptedError:
+            return True
+        fds = _received_fds(ancillary)
+        message = self.buffer[:size]
+        _wipe(memoryview(self.buffer)[:size])
+        try:
             if not message or message == QUIT:
-                accepting = False
-                for fd in fds:
-                    os.close(fd)
+                return False
+            self._start(message, flags & socket.MSG_TRUNC, fds)
+            return True
+        finally:
+            for fd in fds:
+                os.close(fd)
+            _wipe(message)
+
+    def _start(self, message, truncated, fds):
+        """Hand a request to the spare, or refuse it."""
+        fields = message.split(_SEP)
+        try:
+            if truncated:
+                raise ValueError(f"run request longer than {MAX_MESSAGE_BYTES} bytes")
+            token = bytes(_run_fields(fields)[0])
+            if len(fds) != RUN_FDS:
+                raise ValueError(f"{len(fds)} descriptors instead of {RUN_FDS}")
+            pid, spare_socket, ready = self.spare
+            try:
+                spare_socket.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            except OSError as e:  # a spare gone, or a request its socket cannot take
+                self._forget_spare()
+                raise ValueError(f"not handed to a child: {e.strerror}")
+        except ValueError as e:
+            self.channel.sendmsg([encode_reply(REFUSED, bytes(fields[1]) if len(fields) > 1 else b"", str(e).encode())])
+            return
+        finally:
+            _wipe(*fields)
+        self.spare = None
+        spare_socket.close()
+        self.children.add(pid)
+        if ready is None:
+            self.channel.sendmsg([encode_reply(STARTED, token, b"%d" % pid)])
+        else:
+            self.starting[ready] = (token, pid)
+
+    def _announce(self, ready):
+        """The child behind C{ready} leads its session (or has ended): report its start."""
+        token, pid = self.starting.pop(ready)
+        os.close(ready)
+        self.channel.sendmsg([encode_reply(STARTED, token, b"%d" % pid)])
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if self.spare is not None and pid == self.spare[0]:
+                # Dead before its request: the next is forked in its place.
+                self._forget_spare()
                 continue
-            child = _start(channel, startup, message, flags & socket.MSG_TRUNC, fds, children, wake_r, wake_w)
-            if child is not None:
-                return child
-        _reap(channel, children)
-    return None
+            if pid not in self.children:
+                continue
+            for ready, (_, starting) in list(self.starting.items()):
+                if starting == pid:
+                    # Its start before its end, however fast it was.
+                    self._announce(ready)
+            self.children.discard(pid)
+            self.channel.sendmsg([encode_reply(EXITED, b"%d" % pid, b"%d" % status)])
 
 
 def _wipe(*buffers):
+    """Overwrite each (bytearray or memoryview) with zeros, in place."""
     for buffer in buffers:
         buffer[:] = bytes(len(buffer))
+
+
+def take_request(spare_socket, startup):
+    """
+    In a prepared spare: wait for its request on C{spare_socket}, then
+    become its script; what L{become} returns. It ends quietly if no
+    request comes, with status 127 if it cannot become the script.
+    """
+    child = None
+    try:
+        while True:
+            try:
+                message, ancillary, _, _ = spare_socket.recvmsg(MAX_MESSAGE_BYTES, socket.CMSG_SPACE(RUN_FDS * 4))
+                break
+            except InterruptedError:
+                continue
+        fds = _received_fds(ancillary)
+        spare_socket.close()
+        if not message:
+            os._exit(0)
+        _, cwd, script, argv0, args, env = decode_run(message)
+        child = become(startup, fds, cwd, script, argv0, args, env)
+    finally:
+        if child is None:
+            os._exit(127)
+    return child
 
 
 def _received_fds(ancillary):
@@ -574,59 +751,6 @@ def _received_fds(ancillary):
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.extend(int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - len(data) % 4, 4))
     return fds
-
-
-def _start(channel, startup, message, truncated, fds, children, wake_r, wake_w):
-    """
-    Start a child for a run request (None), or refuse it; in the child,
-    what L{become} returns. The request's fields are split, checked and
-    wiped here; the child decodes them from its own copy.
-    """
-    fields = message.split(_SEP)
-    try:
-        try:
-            if truncated:
-                raise ValueError(f"run request longer than {MAX_MESSAGE_BYTES} bytes")
-            token = bytes(_run_fields(fields)[0])
-            if len(fds) != RUN_FDS:
-                raise ValueError(f"{len(fds)} descriptors instead of {RUN_FDS}")
-        except ValueError as e:
-            for fd in fds:
-                os.close(fd)
-            channel.sendmsg([encode_reply(REFUSED, bytes(fields[1]) if len(fields) > 1 else b"", str(e).encode())])
-            return None
-        return _fork(channel, startup, message, token, fds, children, wake_r, wake_w)
-    finally:
-        _wipe(message, *fields)
-
-
-def _fork(channel, startup, message, token, fds, children, wake_r, wake_w):
-    """Fork the child of a checked request (None); in the child, what L{become} returns."""
-    ready_r, ready_w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        child = None
-        try:
-            os.close(ready_r)
-            os.setsid()
-            os.close(ready_w)
-            _, cwd, script, argv0, args, env = decode_run(bytes(message))
-            child = become(startup, [channel, _Fd(wake_r), _Fd(wake_w)], fds, cwd, script, argv0, args, env)
-        finally:
-            if child is None:  # never back into the helper's loop
-                os._exit(127)
-        return child
-    os.close(ready_w)
-    # The child leads its own session before the server may signal its group.
-    os.read(ready_r, 1)
-    os.close(ready_r)
-    for fd in fds:
-        os.close(fd)
-    children.add(pid)
-    channel.sendmsg([encode_reply(STARTED, token, b"%d" % pid)])
-    return None
 
 
 class _Fd:
@@ -639,21 +763,8 @@ class _Fd:
         os.close(self.fd)
 
 
-def _reap(channel, children):
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            children.clear()
-            return
-        if pid == 0:
-            return
-        children.discard(pid)
-        channel.sendmsg([encode_reply(EXITED, b"%d" % pid, b"%d" % status)])
-
-
 def main(argv):
-    """Serve the server on stdin; None when it is done, or in a forked child the runner and what L{become} returns."""
+    """Serve the server on stdin: None when it is done; in a spare, the runner, the startup and its socket."""
     if not getattr(sys.flags, "safe_path", False):
         # The helper's own directory (cgiserve/) must neither stay on the
         # scripts' path nor shadow the standard library for the preloads
@@ -672,14 +783,15 @@ def main(argv):
         # Children then never touch the preloaded objects' GC headers.
         gc.freeze()
         channel.sendmsg([encode_reply(READY, b"%d" % os.getpid(), ",".join(failed).encode(), os.path.dirname(os.__file__).encode())])
-        child = serve(channel, startup)
-    return None if child is None else (runner, *child)
+        spare_socket = _Loop(channel, startup).serve()
+    return None if spare_socket is None else (runner, startup, spare_socket)
 
 
 if __name__ == "__main__":
-    # A child comes back up here to run the script, with none of the
-    # helper's frames under it but this one and run()'s.
-    _child = main(sys.argv[1:])
-    if _child is not None:
-        _runner, _filename, _argv0, _modules, _builtins = _child
+    # A spare comes back up here to take its request and run the script,
+    # with none of the helper's frames under it but this one and run()'s.
+    _spare = main(sys.argv[1:])
+    if _spare is not None:
+        _runner, _startup, _socket = _spare
+        _filename, _argv0, _modules, _builtins = take_request(_socket, _startup)
         _exit(run(_runner, _filename, _argv0), _modules, _builtins)

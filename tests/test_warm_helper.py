@@ -22,6 +22,7 @@ from cgiserve.warm_helper import (
     decode_run,
     encode_reply,
     encode_run,
+    file_runner,
 )
 from tests.warm_client import Helper, Run
 
@@ -121,13 +122,25 @@ def helper():
         yield helper
 
 
-def _open_fds(pid: int) -> set[str]:
-    return set(os.listdir(f"/proc/{pid}/fd"))
+@pytest.fixture(scope="module")
+def sent_file():
+    """A file of our own, whose descriptors the tests send."""
+    directory = tempfile.mkdtemp(prefix="cgiserve-warm-")
+    path = os.path.join(directory, "sent")
+    open(path, "w").close()
+    yield path
+    shutil.rmtree(directory)
 
 
-def _send(helper: Helper, message: bytes, count: int) -> tuple[bytes, list[bytes]]:
-    """Send C{message} with C{count} descriptors (of /dev/null); the helper's reply."""
-    fds = [os.open(os.devnull, os.O_RDWR) for _ in range(count)]
+def _holds(pid: int, path: str) -> bool:
+    """Whether process C{pid} has a descriptor of C{path} open."""
+    fds = f"/proc/{pid}/fd"
+    return any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds))
+
+
+def _send(helper: Helper, message: bytes, count: int, path: str = os.devnull) -> tuple[bytes, list[bytes]]:
+    """Send C{message} with C{count} descriptors (of C{path}); the helper's reply."""
+    fds = [os.open(path, os.O_RDWR) for _ in range(count)]
     try:
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         helper.channel.sendmsg([message], ancillary)
@@ -152,11 +165,12 @@ REQUEST = encode_run(b"9", b"/", b"/nonexistent.py", b"python3", [], [b"PATH=/bi
         (REQUEST, 4, (REFUSED, [b"9", b"4 descriptors instead of 3"])),
     ],
 )
-def test_helper_refuses(helper, message, count, reply):
+def test_helper_refuses(helper, sent_file, message, count, reply):
     """A malformed request, or one with other than three descriptors, is REFUSED with its token, and its descriptors are closed."""
-    before = _open_fds(helper.process.pid)
-    assert _send(helper, message, count) == reply
-    assert _open_fds(helper.process.pid) == before
+    assert _send(helper, message, count, sent_file) == reply
+    # Answered in turn: by then, the helper is done with the first.
+    assert _send(helper, b"hello", 0)[0] == REFUSED
+    assert not _holds(helper.process.pid, sent_file)
 
 
 def test_helper_still_serves_after_refusing(helper):
@@ -188,3 +202,78 @@ def test_helper_refuses_a_request_too_long(helper):
     except OSError as e:
         pytest.skip(f"cannot send {len(message)} bytes in one message here: {e}")
     assert reply == (REFUSED, [b"long", b"run request longer than %d bytes" % MAX_MESSAGE_BYTES])
+
+
+def _children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return {int(child) for child in f.read().split()}
+
+
+def test_no_other_process_holds_a_requests_descriptors(helper, sent_file):
+    """Once a request's child is started, neither the helper nor the spare forked after it holds the request's descriptors."""
+    directory = Path(tempfile.mkdtemp(prefix="cgiserve-warm-"))
+    try:
+        script = directory / "script.py"
+        script.write_text("import time\ntime.sleep(0.5)\n")
+        message = encode_run(b"held", os.fsencode(directory), os.fsencode(script), b"python3", [], [b"PATH=/bin"])
+        kind, fields = _send(helper, message, 3, sent_file)
+        assert (kind, fields[0]) == (STARTED, b"held")
+        child = int(fields[1])
+        # The next spare is forked before the helper reads another request.
+        assert _send(helper, b"hello", 0)[0] == REFUSED
+        others = _children(helper.process.pid) - {child}
+        assert others and _holds(child, sent_file)
+        assert not any(_holds(pid, sent_file) for pid in {helper.process.pid, *others})
+        assert decode_reply(helper.channel.recv(MAX_MESSAGE_BYTES)) == (EXITED, [b"%d" % child, b"0"])
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_helper_runs_a_large_request(helper):
+    """A request far past a socket's default message size (300 KB of arguments) reaches its child whole."""
+    directory = Path(tempfile.mkdtemp(prefix="cgiserve-warm-"))
+    try:
+        script = directory / "script.py"
+        script.write_text("import sys\nprint([len(arg) for arg in sys.argv[1:]], sys.argv[-1][-3:])\n")
+        args = ["x" * 100_000, "y" * 100_000, "z" * 99_997 + "end"]
+        assert helper.run(script, args=args, env=HELPER_ENV) == Run(0, b"[100000, 100000, 100000] end\n", b"")
+    finally:
+        shutil.rmtree(directory)
+
+
+# -- running a script's file
+
+
+def _run_file(runner, source: bytes) -> dict:
+    """Run C{source} from a file with C{runner} (see file_runner) in a fresh namespace; that namespace."""
+    directory = tempfile.mkdtemp(prefix="cgiserve-warm-")
+    try:
+        path = os.path.join(directory, "script.py")
+        with open(path, "wb") as f:
+            f.write(source)
+        namespace = {"__name__": "__main__"}
+        open_script, call = runner
+        call(*open_script(os.open(path, os.O_RDONLY), path, namespace))
+        return namespace
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_file_runner_runs_a_file_as_the_interpreter_does():
+    """The runner runs a file's code in the namespace, decoding it as the interpreter's own file runner does."""
+    runner = file_runner()
+    assert _run_file(runner, b"# -*- coding: latin-1 -*-\nx = '\xe9'\n")["x"] == "\xe9"
+    with pytest.raises(SyntaxError, match="Non-UTF-8 code starting with '\\\\xe9'"):
+        _run_file(runner, b"# caf\xe9\nx = 1\n")
+    with pytest.raises(ZeroDivisionError):
+        _run_file(runner, b"1 / 0\n")
+
+
+def test_file_runner_without_ctypes(monkeypatch):
+    """Without ctypes the runner compiles the file's bytes: the same code runs."""
+    monkeypatch.setitem(sys.modules, "ctypes", None)
+    runner = file_runner()
+    assert runner[1] is exec
+    assert _run_file(runner, b"# -*- coding: latin-1 -*-\nx = '\xe9'\n")["x"] == "\xe9"
+    with pytest.raises(ZeroDivisionError):
+        _run_file(runner, b"1 / 0\n")

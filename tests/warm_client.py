@@ -104,6 +104,8 @@ class Helper:
             start_new_session=True,
         )
         theirs.close()
+        # As the server: room for the largest request.
+        self.channel.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * warm_helper.MAX_MESSAGE_BYTES)
         self.channel.settimeout(_SECONDS)
         kind, fields = decode_reply(self.channel.recv(warm_helper.MAX_MESSAGE_BYTES))
         assert kind == READY, (kind, fields)
