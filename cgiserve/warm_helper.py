@@ -104,6 +104,8 @@ class Startup:
 
     def __init__(self):
         self.handlers = {signum: signal.getsignal(signum) for signum in signal.valid_signals()}
+        # The preloads' top-level names (L{preloaded_names}), once imported.
+        self.preloaded = frozenset()
         self.stdio = [_stream_config(stream) for stream in (sys.stdin, sys.stdout, sys.stderr)]
         # What the interpreter itself added to its environment at start
         # (PEP 538's LC_CTYPE): the kernel's copy of the environment is
@@ -194,7 +196,7 @@ def become(startup, fds, cwd, script, argv0, args, env):
     if not getattr(sys.flags, "safe_path", False):
         directory = _script_directory(script_text)
         sys.path.insert(0, directory)
-        if _shadows_a_preload(directory):
+        if _shadows_a_preload(directory, startup.preloaded):
             for name in [name for name in sys.modules if name not in STARTUP_MODULES]:
                 del sys.modules[name]
     streams = [
@@ -213,15 +215,25 @@ def _script_directory(script):
     return os.path.dirname(os.path.realpath(script))
 
 
-def _shadows_a_preload(directory):
-    """
-    Whether the script's directory holds a module named as one the
-    helper imported: a fresh interpreter would import that one instead
-    (a namespace package shadows nothing).
-    """
+def preloaded_names():
+    """The top-level names of the modules the helper imported beyond a fresh start, but built-in ones."""
     names = {name.partition(".")[0] for name in sys.modules if name not in STARTUP_MODULES}
     # Built-in modules are found before any directory is searched.
-    for name in names.difference(sys.builtin_module_names):
+    return frozenset(names.difference(sys.builtin_module_names))
+
+
+def _shadows_a_preload(directory, preloaded):
+    """
+    Whether the script's directory holds a module named as one the helper
+    imported (C{preloaded}, from L{preloaded_names}): a fresh interpreter
+    would import that one instead (a namespace package shadows nothing).
+    One listing of the directory picks the few names worth a real search.
+    """
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return False
+    for name in {entry.partition(".")[0] for entry in entries}.intersection(preloaded):
         spec = PathFinder.find_spec(name, [directory])
         if spec is not None and spec.loader is not None:
             return True
@@ -778,6 +790,7 @@ def main(argv):
     names = argv[argv.index("--preload") + 1].split(",") if "--preload" in argv else []
     failed = preload([name for name in names if name])
     runner = file_runner()
+    startup.preloaded = preloaded_names()
     with socket.socket(fileno=os.dup(0)) as channel:
         gc.collect()
         # Children then never touch the preloaded objects' GC headers.
