@@ -90,6 +90,14 @@ def descendants(pid):
     return found
 
 
+def cwd(pid):
+    """A process's working directory, or None once it is gone."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
 def cmdline(pid):
     """A process's arguments joined by spaces; "" once it is gone."""
     try:

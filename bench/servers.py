@@ -209,11 +209,14 @@ class Server:
     def scripts(self):
         """PIDs of the scripts running now, and the set of those a warm helper forked.
 
-        The scripts are the server's descendants less its warm helpers.
+        The scripts are the server's descendants less its warm helpers and
+        their spare children (forked ahead of a request, still in the
+        helper's working directory, /, not yet a script's).
         """
         helpers = self.warm_helpers()
-        warm = {pid for helper in helpers for pid in procfs.children(helper)}
-        return [p for p in procfs.descendants(self.pid) if p not in helpers], warm
+        spares = {pid for helper in helpers for pid in procfs.children(helper) if procfs.cwd(pid) == "/"}
+        warm = {pid for helper in helpers for pid in procfs.children(helper)} - spares
+        return [p for p in procfs.descendants(self.pid) if p not in helpers and p not in spares], warm
 
     def stop(self):
         """SIGTERM the process group, SIGKILL it if still there after 5 s.
