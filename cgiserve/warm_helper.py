@@ -176,7 +176,7 @@ def become(startup, fds, cwd, script, argv0, args, env):
     fresh interpreter started on C{script} would have (C{fds} as its
     stdin, stdout and stderr, and no other descriptor), up to its fresh
     C{__main__} in C{sys.modules}. What L{run} and L{_exit} need: the
-    script's absolute path, argv0, the modules it finds imported, the
+    script's absolute path, argv0, the newest module it finds imported, the
     builtins to restore at its end.
     """
     for target, fd in enumerate(fds):
@@ -205,7 +205,9 @@ def become(startup, fds, cwd, script, argv0, args, env):
     ]
     sys.stdin, sys.stdout, sys.stderr = streams
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams
-    modules = set(sys.modules)
+    # The newest module before the script's own: looking at sys.modules
+    # from its end up to this one, the exit touches no inherited page.
+    modules = next(reversed(sys.modules))
     sys.modules["__main__"] = _main_module(filename)
     return filename, os.fsdecode(argv0), modules, startup.builtins
 
@@ -469,6 +471,18 @@ _SYS_DELETES = [
 ]
 
 
+def _created_since(newest):
+    """The modules imported after C{newest} (the script's), in import order; all of them if the script dropped it."""
+    created = []
+    for name in reversed(sys.modules):
+        if name == newest:
+            break
+        if name != "__main__" and name not in STARTUP_MODULES:
+            created.append(name)
+    created.reverse()
+    return created
+
+
 def _exit(code, modules_before, builtins_copy):
     """
     End as a fresh interpreter ends (Py_FinalizeEx's steps), but tear down
@@ -486,7 +500,7 @@ def _exit(code, modules_before, builtins_copy):
         if callable(signal.getsignal(signum)):
             signal.signal(signum, signal.SIG_DFL)
     gc.collect()
-    _finalize_modules([name for name in sys.modules if name == "__main__" or name not in modules_before], builtins_copy)
+    _finalize_modules(["__main__", *_created_since(modules_before)], builtins_copy)
     # Py_FinalizeEx flushes again once sys is wiped, so in effect as the
     # streams' deallocation does: silently.
     _flush_io()
@@ -777,6 +791,8 @@ class _Fd:
 
 def main(argv):
     """Serve the server on stdin: None when it is done; in a spare, the runner, the startup and its socket."""
+    if sys.implementation.name != "cpython" or sys.version_info < (3, 10):
+        sys.exit(f"warm Python needs CPython 3.10 or later, not {sys.implementation.name} {sys.version.split()[0]}")
     if not getattr(sys.flags, "safe_path", False):
         # The helper's own directory (cgiserve/) must neither stay on the
         # scripts' path nor shadow the standard library for the preloads
