@@ -527,6 +527,17 @@ class WarmPython(service.Service):
             return
         if helper.retired or not self.running:
             return
+        if not helper.is_ready and not self.verified:
+            # It never came up (an interpreter too old, say): no use retrying until told (SIGHUP).
+            self.current = self.successor = None
+            self.off = f"helper {helper.pid} ended before it was ready"
+            self._log.error(
+                "Warm Python {interpreter}: helper {pid} ended before it was ready ({why}); warm mode off",
+                interpreter=self.interpreter,
+                pid=helper.pid,
+                why=why,
+            )
+            return
         self._log.warn(
             "Warm Python {interpreter}: helper {pid} ended ({why}); scripts exec until a new one is ready",
             interpreter=self.interpreter,

@@ -671,3 +671,52 @@ def test_shutdown_finishes_warm_script(top, pids):
     finally:
         (top / "pids" / "late.go").unlink(missing_ok=True)
         stop(server)
+
+
+# -- helpers that cannot start, and interpreters that change
+
+
+def test_interpreter_that_cannot_start_turns_warm_off(top, root):
+    """An interpreter whose helper ends before it is ready turns warm mode off with one log line, and is not restarted."""
+    fake = top / "not-python"
+    fake.write_text("#!/bin/sh\necho 'this is no Python' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    write_script(root, "fake.cgi", f"#!{fake}\n")
+    server = launch(top, "--warm-python", str(fake), warm=())
+    try:
+        wait_log(server, rf"Warm Python {re.escape(str(fake))}: helper \d+ ended before it was ready .*; warm mode off")
+        response = request(server.port, "GET", "/fake.cgi")
+        # Exec'd, the interpreter that is no Python writes no response.
+        assert response.status == 502
+        assert record(server, response)["exec_reason"] == "warm mode off"
+        time.sleep(MARGIN_SECONDS + 1)
+        assert len(re.findall(rf"Warm Python {re.escape(str(fake))}: helper \d+ starting", server.log())) == 1
+    finally:
+        stop(server)
+
+
+def test_interpreter_changed_on_disk_restarts_helper(top, root):
+    """An interpreter that changes on disk gets a fresh helper, tested again, which then serves the scripts."""
+    interpreter = top / "copied-python" / "python3"
+    interpreter.parent.mkdir(exist_ok=True)
+    shutil.copy2(PYTHON3_REAL, interpreter)
+    write_script(root, "copied.py", f"#!{interpreter}\n" + REPORT)
+    server = launch(top, warm=(str(interpreter),))
+    try:
+        first = get(server, "/copied.py")
+        assert record(server, first)["warm"], record(server, first)
+        passed = server.log().count("self-test passed")
+        os.utime(interpreter, (time.time() + 10, time.time() + 10))
+        wait_log(server, rf"Warm Python {re.escape(str(interpreter))}: {re.escape(str(interpreter))} changed on disk")
+        assert procfs.wait_until(lambda: server.log().count("self-test passed") > passed, 15)
+        helpers = helper_pids(server, str(interpreter))
+        assert len(helpers) == 2
+        after = get(server, "/copied.py")
+        assert record(server, after)["warm"] and int(after.header("X-Ppid")) == helpers[-1]
+    finally:
+        stop(server)
+        for pid in helper_pids(server, str(interpreter)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
