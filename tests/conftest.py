@@ -26,6 +26,23 @@ def sh(body: str) -> str:
     return "#!/bin/sh\n" + body
 
 
+def sha256_script(python: str) -> str:
+    """A CGI script for C{python} that answers with CONTENT_LENGTH, the bytes of its stdin and their sha256."""
+    return f"""#!{python}
+import hashlib, os, sys
+digest = hashlib.sha256()
+count = 0
+while True:
+    block = sys.stdin.buffer.read1(1 << 20)
+    if not block:
+        break
+    digest.update(block)
+    count += len(block)
+sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\n")
+sys.stdout.write(f"{{os.environ.get('CONTENT_LENGTH', '-')}} {{count}} {{digest.hexdigest()}}\\n")
+"""
+
+
 def write_script(root: Path, name: str, body: str, mode: int = 0o755) -> Path:
     """Write an executable script under the root and return its path."""
     path = root / name

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests import procfs
-from tests.conftest import sh, write_script
+from tests.conftest import sh, sha256_script, write_script
 from tests.http import (
     Connection,
     IncompleteResponse,
@@ -73,20 +73,7 @@ def silent(pids: Path, name: str, head: str = "", stdin: str = "") -> str:
     )
 
 
-# Prints CONTENT_LENGTH, the bytes read and their sha256.
-SHA256 = f"""#!{PYTHON}
-import hashlib, os, sys
-digest = hashlib.sha256()
-count = 0
-while True:
-    block = sys.stdin.buffer.read1(1 << 20)
-    if not block:
-        break
-    digest.update(block)
-    count += len(block)
-sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\n")
-sys.stdout.write(f"{{os.environ.get('CONTENT_LENGTH', '-')}} {{count}} {{digest.hexdigest()}}\\n")
-"""
+SHA256 = sha256_script(PYTHON)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import procfs
-from tests.conftest import sh, write_script
+from tests.conftest import sh, sha256_script, write_script
 from tests.http import MiB, Connection, connect, request, unsent_stalls
 from tests.ops import read_json_lines
 from tests.procfs import Pids, Tracked, gone, wait_until
@@ -73,19 +73,7 @@ sys.stdout.write(
 sys.stdout.write(json.dumps(report, sort_keys=True))
 '''
 
-SHA256 = f"""#!{PYTHON3}
-import hashlib, os, sys
-digest = hashlib.sha256()
-count = 0
-while True:
-    block = sys.stdin.buffer.read1(1 << 20)
-    if not block:
-        break
-    digest.update(block)
-    count += len(block)
-sys.stdout.write("Content-Type: text/plain\\r\\n\\r\\n")
-sys.stdout.write(f"{{os.environ.get('CONTENT_LENGTH', '-')}} {{count}} {{digest.hexdigest()}}")
-"""
+SHA256 = sha256_script(PYTHON3)
 
 # Reports what earlier requests would have left behind, then leaves it:
 # a changed preloaded module (json), os.environ, sys.path.
@@ -530,7 +518,7 @@ def test_warm_upload_streamed_byte_exact(server):
     body = random.Random(5).randbytes(5 * MiB)
     response = request(server.port, "POST", "/sha.py", [("Content-Type", "application/octet-stream")], body)
     assert response.status == 200
-    assert response.body.decode() == f"{len(body)} {len(body)} {hashlib.sha256(body).hexdigest()}"
+    assert response.body.decode() == f"{len(body)} {len(body)} {hashlib.sha256(body).hexdigest()}\n"
     assert_warm(server, response)
 
 
@@ -552,7 +540,7 @@ def test_warm_upload_back_pressure(server, pids):
             sender.join(timeout=20)
         response = connection.read_response()
     assert stalled, "the server kept reading a body its script did not read"
-    assert response.body.decode() == f"{len(body)} {len(body)} {hashlib.sha256(body).hexdigest()}"
+    assert response.body.decode() == f"{len(body)} {len(body)} {hashlib.sha256(body).hexdigest()}\n"
     assert_warm(server, response)
 
 
