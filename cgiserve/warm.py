@@ -17,7 +17,7 @@ from twisted.application import service
 from twisted.internet import abstract, defer, main, protocol, task
 from twisted.logger import Logger
 
-from cgiserve import warm_helper
+from cgiserve import spawn, warm_helper
 from cgiserve.shebang import HEAD_BYTES, interpreter_for
 from cgiserve.spawn import ScriptProcess, encode_environ, open_pipes, posix_spawn, spawn_script
 
@@ -68,8 +68,6 @@ def supported() -> str | None:
     """Why warm Python cannot work here, or None when it can (Linux, glibc's posix_spawn extensions)."""
     if not hasattr(os, "pidfd_open") or not hasattr(socket, "SOCK_SEQPACKET"):
         return "warm Python needs Linux"
-    from cgiserve import spawn
-
     if spawn._libc is None:
         return "warm Python needs glibc 2.34 or later"
     return None
@@ -612,8 +610,6 @@ class WarmPython(service.Service):
 
 class _Collector(protocol.ProcessProtocol):
     """A probe run: everything it writes, and how it ended."""
-
-    script = PROBE
 
     def __init__(self) -> None:
         self.output = {1: [], 2: []}
