@@ -251,6 +251,18 @@ def unsent_stalls(sock: socket.socket, seconds: float = 0.3) -> bool:
     return before > 0 and unsent(sock) == before
 
 
+def recv_until(sock: socket.socket, marker: bytes, reads: int = 100) -> bytes:
+    """What the socket receives until C{marker} has arrived (at most C{reads} reads); fails if it does not."""
+    data = bytearray()
+    for _ in range(reads):
+        chunk = sock.recv(65536)
+        data += chunk
+        if marker in data or not chunk:
+            break
+    assert marker in data, f"{marker!r} not received: {bytes(data[:300])!r}"
+    return bytes(data)
+
+
 def read_to_end(sock: socket.socket, timeout: float = _TIMEOUT_SECONDS, limit: int = 4 * MiB) -> tuple[bytes, str]:
     """Every byte until the server closes ("eof") or resets ("reset") the connection, or C{timeout} passes."""
     data = bytearray()

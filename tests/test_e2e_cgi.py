@@ -185,10 +185,14 @@ def test_without_interpreter_non_executable_file_is_static(server):
 # -- scripts that cannot run: 403, never their source
 
 
-def not_run_lines(server, response, path: str) -> list[str]:
-    """The server's log lines about this response's request and this path."""
+def assert_forbidden(server, response, path: Path, hint: str) -> None:
+    """The response is a 403 without the file's content, and the server logged one line about it with C{hint}."""
+    assert response.status == 403
+    assert PASSWORD.encode() not in response.raw
     request_id = response.header("X-Request-Id")
-    return wait_for(lambda: [line for line in server.log().splitlines() if request_id in line and path in line])
+    lines = wait_for(lambda: [line for line in server.log().splitlines() if request_id in line and str(path) in line])
+    assert len(lines) == 1
+    assert hint in lines[0]
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
@@ -196,11 +200,7 @@ def test_non_executable_cgi_forbidden(server, root, method):
     """A .cgi without the exec bit gets 403 for every method, never its source, and one log line saying chmod +x."""
     body = None if method in ("GET", "HEAD") else b"x=1"
     response = request(server.port, method, "/secret.cgi", body=body)
-    assert response.status == 403
-    assert PASSWORD.encode() not in response.raw
-    lines = not_run_lines(server, response, str(root / "secret.cgi"))
-    assert len(lines) == 1
-    assert "not executable: chmod +x" in lines[0]
+    assert_forbidden(server, response, root / "secret.cgi", "not executable: chmod +x")
 
 
 def test_executable_cgi_runs(server):
@@ -221,11 +221,7 @@ def test_cgi_with_interpreter_runs_without_exec_bit(interpreter_server):
 def test_non_executable_file_in_cgi_dir_forbidden(cgi_dir_server, root, name):
     """Under --cgi-dir a file without the exec bit gets 403, never its content, and one log line saying chmod +x."""
     response = request(cgi_dir_server.port, "GET", f"/cgi-bin/{name}")
-    assert response.status == 403
-    assert PASSWORD.encode() not in response.raw
-    lines = not_run_lines(cgi_dir_server, response, str(root / "cgi-bin" / name))
-    assert len(lines) == 1
-    assert "not executable: chmod +x" in lines[0]
+    assert_forbidden(cgi_dir_server, response, root / "cgi-bin" / name, "not executable: chmod +x")
 
 
 def test_executable_in_cgi_dir_runs(cgi_dir_server):
@@ -236,11 +232,7 @@ def test_executable_in_cgi_dir_runs(cgi_dir_server):
 def test_cgi_outside_cgi_dir_forbidden(cgi_dir_server, root):
     """With --cgi-dir an executable .cgi elsewhere gets 403, never its source, and a log line saying why."""
     response = request(cgi_dir_server.port, "GET", "/run.cgi")
-    assert response.status == 403
-    assert PASSWORD.encode() not in response.raw
-    lines = not_run_lines(cgi_dir_server, response, str(root / "run.cgi"))
-    assert len(lines) == 1
-    assert "outside every --cgi-dir" in lines[0]
+    assert_forbidden(cgi_dir_server, response, root / "run.cgi", "outside every --cgi-dir")
 
 
 def test_other_file_outside_cgi_dir_static(cgi_dir_server):

@@ -27,6 +27,7 @@ from tests.http import (
     connect,
     dechunk,
     read_to_end,
+    recv_until,
     request,
     reset,
     split_head,
@@ -243,12 +244,7 @@ def test_client_gone_mid_response(gone_server, pids):
     with connect(gone_server.port) as sock:
         sock.sendall(b"GET /silent-head.sh HTTP/1.1\r\nHost: x\r\n\r\n")
         processes = pids.read("silent"), pids.read("silent.child")
-        data = bytearray()
-        for _ in range(100):
-            data += sock.recv(65536)
-            if b"partial" in data:
-                break
-        assert b"partial" in data
+        recv_until(sock, b"partial")
     assert_client_gone_stops(gone_server, pids, processes)
 
 

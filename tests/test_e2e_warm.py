@@ -19,7 +19,7 @@ import pytest
 
 from tests import procfs
 from tests.conftest import sh, sha256_script, write_script
-from tests.http import MiB, Connection, connect, request, unsent_stalls
+from tests.http import Connection, MiB, connect, recv_until, request, unsent_stalls
 from tests.ops import read_json_lines
 from tests.procfs import Pids, Tracked, gone, wait_until
 from tests.server import MARGIN_SECONDS, Server, assert_clean_exit, assert_log_clean, exited, wait_log
@@ -479,13 +479,8 @@ def test_warm_client_gone_stops_group(server, pids):
     with connect(server.port) as sock:
         sock.sendall(b"GET /gone.py HTTP/1.1\r\nHost: x\r\n\r\n")
         script, child = pids.read("gone"), pids.read("gone.child")
-        data = bytearray()
-        for _ in range(100):
-            data += sock.recv(65536)
-            if b"partial" in data:
-                break
-        assert b"partial" in data
-    request_id = re.search(rb"X-Request-Id: (\w+)", bytes(data)).group(1).decode()
+        data = recv_until(sock, b"partial")
+    request_id = re.search(rb"X-Request-Id: (\w+)", data).group(1).decode()
     left = gone(script, child, timeout=3)
     assert not left, f"still running 3 s after the client left: {left}"
     assert not procfs.in_groups([script.pid])
