@@ -20,8 +20,10 @@ class ScriptRunner(service.Service):
 
     Requests beyond that wait in a queue of at most C{max_queue} for at
     most C{queue_timeout} seconds, then fail with L{Busy}. On stop (twistd's
-    SIGTERM) running scripts get C{shutdown_grace} seconds to finish, then
-    their process groups are stopped.
+    SIGTERM, or the end of a reload's old worker) scripts running, queued
+    or asked for by the requests that the drain still answers get
+    C{shutdown_grace} seconds to finish; then the running ones' process
+    groups are stopped and the rest fail with L{Busy}.
     """
 
     _log = Logger()
@@ -45,6 +47,8 @@ class ScriptRunner(service.Service):
         self.slots = defer.DeferredSemaphore(max_scripts)
         self.active: set = set()
         self.stopping = False
+        self._grace_over = False
+        self._idle: defer.Deferred | None = None
 
     def start(
         self, protocol, executable: str, argv: list[bytes], env: dict[str, str], cwd: str, stdin: bool = True
@@ -56,7 +60,7 @@ class ScriptRunner(service.Service):
         hears whether the script could be executed (C{spawn_failed}) and
         its C{done} frees the slot.
         """
-        if self.stopping:
+        if self._grace_over:
             return defer.fail(Busy("the server is shutting down"))
         if self.slots.tokens == 0 and len(self.slots.waiting) >= self.max_queue:
             return defer.fail(Busy(f"all {self.slots.limit} script slots busy and {self.max_queue} requests queued"))
@@ -82,24 +86,30 @@ class ScriptRunner(service.Service):
     def _ended(self, result, protocol):
         self.active.discard(protocol)
         self.slots.release()
+        if self.stopping:
+            self._fire_if_idle()
         return result
 
     def stopService(self):
-        """Let running scripts finish for the grace period, then stop them."""
+        """Fires once no script runs or waits; the grace period runs on for the requests still being answered."""
         super().stopService()
         self.stopping = True
+        if self.active:
+            self._log.info(
+                "Waiting up to {grace} s for {count} running scripts", grace=self.shutdown_grace, count=len(self.active)
+            )
+        self.reactor.callLater(self.shutdown_grace, self._grace_ended)
+        self._idle = defer.Deferred()
+        self._fire_if_idle()
+        return self._idle
+
+    def _fire_if_idle(self) -> None:
+        if not self.active and not self.slots.waiting and not self._idle.called:
+            self._idle.callback(None)
+
+    def _grace_ended(self) -> None:
+        self._grace_over = True
         for waiter in list(self.slots.waiting):
             waiter.cancel()
-        if not self.active:
-            return defer.succeed(None)
-        self._log.info(
-            "Waiting up to {grace} s for {count} running scripts", grace=self.shutdown_grace, count=len(self.active)
-        )
-        ended = defer.DeferredList([protocol.done for protocol in self.active], consumeErrors=True)
-        deadline = self.reactor.callLater(self.shutdown_grace, self._stop_all)
-        ended.addBoth(lambda _: deadline.cancel() if deadline.active() else None)
-        return ended
-
-    def _stop_all(self) -> None:
         for protocol in list(self.active):
             protocol.stop("shutdown")

@@ -39,6 +39,12 @@ def new_request_id() -> str:
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 4 * MiB
 
+# A connection accepted just before a drain began (or that a reload's old
+# worker accepted last) has had no time to send its request: it gets this
+# long to, and then its answer, rather than a close that its client, with
+# nothing sent on it before, could only take for a failure.
+FIRST_REQUEST_SECONDS = 2.0
+
 
 def error_response(status: int, phrase: bytes, text: str) -> bytes:
     """A short, complete plain-text response that ends its connection, for a request the server will not read on."""
@@ -187,6 +193,12 @@ class Channel(http.HTTPChannel):
     _host = None
     _linger_call = None
     _lingered = 0
+    # Set by a drain: every answer from then on closes the connection.
+    _draining = False
+    # Whether any byte has arrived yet, and whether one of the next request has.
+    _fresh = True
+    _request_begun = False
+    _first_request_call = None
     # Set once the response to a request is out before all of the request is in.
     _unread_request = False
 
@@ -200,10 +212,13 @@ class Channel(http.HTTPChannel):
         if self._linger_call is not None:
             self._discard(data)
             return
+        self._fresh = False
+        self._request_begun = True
+        self._cancel_first_request_wait()
         super().dataReceived(data)
         # Most requests arrive whole in one read: the deadline is only
         # needed for those whose headers are still incomplete after it.
-        if self.idle and self._header_call is None and self.transport is not None:
+        if self._awaiting_headers and self._header_call is None and self.transport is not None:
             self._header_call = self.callLater(self.site.config.header_timeout, self._headers_too_slow)
 
     def rawDataReceived(self, data):
@@ -246,8 +261,15 @@ class Channel(http.HTTPChannel):
         self._awaiting_headers = False
         super().allHeadersReceived()
 
+    def checkPersistence(self, request, version):
+        if self._draining:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return super().checkPersistence(request, version)
+
     def requestDone(self, request):
         self._awaiting_headers = True
+        self._request_begun = False
         body = request.streamed_body
         if body is not None and not body.complete:
             self._unread_request = True
@@ -294,23 +316,41 @@ class Channel(http.HTTPChannel):
 
     @property
     def idle(self) -> bool:
-        """Whether no request is being answered here, so the connection may close now."""
-        return self._awaiting_headers and self._linger_call is None
+        """Whether no request is being answered here, nor one begun, so the connection may close now."""
+        return self._awaiting_headers and not self._request_begun and self._linger_call is None
 
     def close_when_idle(self) -> None:
-        """Close now if idle, else right after the response in progress (which then says so)."""
+        """
+        Close now if idle, else right after the response in progress (which
+        then says so); a connection that has not sent a byte yet first gets
+        L{FIRST_REQUEST_SECONDS} to send its request.
+        """
         if self._linger_call is not None:
             return
+        self._draining = True
         if self.idle:
-            super().loseConnection()
+            if not self._fresh:
+                super().loseConnection()
+            elif self._first_request_call is None:
+                self._first_request_call = self.callLater(FIRST_REQUEST_SECONDS, self._no_first_request)
             return
         self.persistent = False
         request = self.requests[0] if self.requests else None
         if request is not None and not request.startedWriting:
             request.setHeader(b"Connection", b"close")
 
+    def _no_first_request(self) -> None:
+        self._first_request_call = None
+        super().loseConnection()
+
+    def _cancel_first_request_wait(self) -> None:
+        if self._first_request_call is not None:
+            self._first_request_call.cancel()
+            self._first_request_call = None
+
     def connectionLost(self, reason):
         self._cancel_header_deadline()
+        self._cancel_first_request_wait()
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         super().connectionLost(reason)

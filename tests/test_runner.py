@@ -279,13 +279,12 @@ class SpawnFailureTests(ScriptRunnerTestCase):
 
 
 class StopServiceTests(ScriptRunnerTestCase):
-    """Stopping the runner: a grace period for running scripts, Busy for everyone else."""
+    """Stopping the runner: a grace period for the scripts of the requests still being answered, Busy after it."""
 
     def test_stop_with_nothing_running_fires_at_once(self):
-        """With no script running, stopService fires at once and leaves nothing scheduled."""
+        """With no script running, stopService fires at once."""
         self.make_runner()
         self.assertIsNone(self.successResultOf(self.runner.stopService()))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertFalse(self.runner.running)
 
     def test_stop_waits_for_running_scripts(self):
@@ -300,8 +299,8 @@ class StopServiceTests(ScriptRunnerTestCase):
         self.assertNoResult(stopped)
         s1.end()
         self.successResultOf(stopped)
+        self.clock.advance(SHUTDOWN_GRACE)
         self.assertEqual((s0.stops, s1.stops), ([], []))
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_stop_stops_scripts_after_grace(self):
         """After shutdown_grace seconds each running script gets stop('shutdown'); stopService fires when they end."""
@@ -330,22 +329,51 @@ class StopServiceTests(ScriptRunnerTestCase):
         self.clock.advance(SHUTDOWN_GRACE)
         self.assertEqual((s0.stops, s1.stops), ([], ["shutdown"]))
 
-    def test_queued_requests_busy_on_stop(self):
-        """Requests waiting for a slot fail with Busy when the runner stops, and are never spawned."""
+    def test_queued_requests_run_in_the_grace(self):
+        """Requests waiting for a slot when the runner stops still run as slots free; stopService fires after the last."""
         self.make_runner(max_scripts=1, max_queue=2)
         s0, s1, s2 = self.scripts[:3]
         self.start(s0)
         queued = [self.start(s1), self.start(s2)]
-        self.runner.stopService()
-        for waiting in queued:
-            self.failureResultOf(waiting, Busy)
+        stopped = self.runner.stopService()
         s0.end()
+        s1.end()
+        self.assertNoResult(stopped)
+        s2.end()
+        self.successResultOf(stopped)
+        for waiting in queued:
+            self.successResultOf(waiting)
+        self.assertEqual(self.spawner.spawned(), [s0, s1, s2])
+
+    def test_queued_requests_busy_after_the_grace(self):
+        """Requests still waiting for a slot when the grace ends fail with Busy and are never spawned."""
+        self.make_runner(max_scripts=1, max_queue=2)
+        s0, s1 = self.scripts[:2]
+        self.start(s0)
+        queued = self.start(s1)
+        stopped = self.runner.stopService()
+        self.clock.advance(SHUTDOWN_GRACE)
+        self.failureResultOf(queued, Busy)
+        self.assertEqual(s0.stops, ["shutdown"])
+        s0.end()
+        self.successResultOf(stopped)
         self.assertEqual(self.spawner.spawned(), [s0])
 
-    def test_start_after_stop_is_busy(self):
-        """A request after stopService fails with Busy and spawns nothing."""
+    def test_start_in_the_grace_runs(self):
+        """A request that the drain still answers after stopService gets its script, stopped when the grace ends."""
+        self.make_runner()
+        self.successResultOf(self.runner.stopService())
+        self.clock.advance(SHUTDOWN_GRACE / 2)
+        self.start(self.scripts[0])
+        self.assertEqual(self.spawner.spawned(), [self.scripts[0]])
+        self.clock.advance(SHUTDOWN_GRACE / 2)
+        self.assertEqual(self.scripts[0].stops, ["shutdown"])
+
+    def test_start_after_the_grace_is_busy(self):
+        """A request after the grace period fails with Busy and spawns nothing."""
         self.make_runner()
         self.runner.stopService()
+        self.clock.advance(SHUTDOWN_GRACE)
         failure = self.failureResultOf(self.start(self.scripts[0]), Busy)
         self.assertEqual(str(failure.value), "the server is shutting down")
         self.assertEqual(self.spawner.calls, [])

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import resource, server
 
 from cgiserve.config import ServerConfig
-from cgiserve.site import LINGER_BYTES, LINGER_SECONDS, Channel, Site, error_response
+from cgiserve.site import FIRST_REQUEST_SECONDS, LINGER_BYTES, LINGER_SECONDS, Channel, Site, error_response
 
 MAX_BODY = 1000
 
@@ -174,21 +174,62 @@ class DrainTests(ConnectionTestCase):
         self.connection.connectionLost(None)
         self.assertEqual(self.site.connections, set())
 
+    def _finish(self):
+        (request,) = self.resource.requests
+        request.write(b"done")
+        request.finish()
+        self.resource.requests.clear()
+
+    def _answer_one(self):
+        self.connection.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        self._finish()
+        self.transport.clear()
+
+    def _answered_then_closed(self):
+        self._finish()
+        self.assertIn(b"Connection: close", self.transport.value())
+        self.assertTrue(self.transport.disconnecting)
+
     def test_idle_connection_closes_at_once(self):
         """A keep-alive connection between requests is closed when asked to close when idle."""
+        self._answer_one()
         self.connection.close_when_idle()
         self.assertTrue(self.transport.disconnecting)
+
+    def test_begun_request_is_answered_before_the_close(self):
+        """A connection with part of its next request in is not idle: that request is answered, with Connection: close."""
+        self._answer_one()
+        self.connection.dataReceived(b"GET /slow HTTP/1.1\r\n")
+        self.connection.close_when_idle()
+        self.assertFalse(self.transport.disconnecting)
+        self.connection.dataReceived(b"Host: x\r\n\r\n")
+        self._answered_then_closed()
+
+    def test_fresh_connection_gets_time_for_its_first_request(self):
+        """A connection that has sent nothing yet is answered if its request comes within FIRST_REQUEST_SECONDS."""
+        self.connection.close_when_idle()
+        self.connection.close_when_idle()
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(FIRST_REQUEST_SECONDS / 2)
+        self.connection.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(FIRST_REQUEST_SECONDS)
+        self.assertFalse(self.transport.disconnecting)
+        self._answered_then_closed()
+
+    def test_fresh_connection_that_sends_nothing_closes(self):
+        """A connection that sends nothing within FIRST_REQUEST_SECONDS of the drain is closed, no timer left behind."""
+        self.connection.close_when_idle()
+        self.clock.advance(FIRST_REQUEST_SECONDS)
+        self.assertTrue(self.transport.disconnecting)
+        self.connection.connectionLost(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_busy_connection_closes_after_its_response(self):
         """A connection whose request is in progress stays open, and its response says Connection: close."""
         self.connection.dataReceived(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
-        (request,) = self.resource.requests
         self.connection.close_when_idle()
         self.assertFalse(self.transport.disconnecting)
-        request.write(b"done")
-        request.finish()
-        self.assertIn(b"Connection: close", self.transport.value())
-        self.assertTrue(self.transport.disconnecting)
+        self._answered_then_closed()
 
 
 @pytest.mark.parametrize(
