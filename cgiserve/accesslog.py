@@ -23,6 +23,11 @@ from cgiserve.config import ACCESS_LOG_STDOUT as STDOUT
 CLIENT_CLOSED = 499
 
 
+def _append(path: str) -> int:
+    """A descriptor that appends to the file at C{path}, created if need be."""
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
 @dataclass(frozen=True)
 class Entry:
     """
@@ -187,7 +192,7 @@ class AccessLog(service.Service):
         self.path = path
         self.format = _FORMATTERS[log_format]
         self.reactor = reactor
-        self.file = None
+        self.fd = None
         self._identity = None
         self._troubled = False
         self._waiting = 0
@@ -201,21 +206,19 @@ class AccessLog(service.Service):
     def _open(self) -> None:
         if self.path == STDOUT:
             # fd 1 itself: twistd sends sys.stdout to its own log.
-            self.file = open(1, "w", buffering=1, encoding="utf-8", closefd=False)
+            self.fd = 1
             return
-        self.file = open(self.path, "a", buffering=1, encoding="utf-8")
-        stat = os.fstat(self.file.fileno())
+        self.fd = _append(self.path)
+        stat = os.fstat(self.fd)
         self._identity = (stat.st_dev, stat.st_ino)
 
     def close(self) -> None:
         """Close the file once no line waits for its script; lines after that are dropped."""
         self._closing = True
-        if self.file is not None and not self._waiting:
-            file, self.file = self.file, None
-            try:
-                file.close()
-            except OSError as e:  # the last lines could not be written
-                self._trouble("close", e)
+        if self.fd is not None and not self._waiting:
+            fd, self.fd = self.fd, None
+            if fd != 1:
+                os.close(fd)
 
     def _reopen_if_moved(self) -> None:
         """Follow log rotation: reopen the path if the file we hold is no longer there."""
@@ -226,23 +229,29 @@ class AccessLog(service.Service):
         except FileNotFoundError:
             pass
         try:
-            replacement = open(self.path, "a", buffering=1, encoding="utf-8")
+            replacement = _append(self.path)
         except OSError as e:
             self._trouble("reopen", e)
             return
-        self.file.close()
-        self.file = replacement
-        stat = os.fstat(replacement.fileno())
+        os.close(self.fd)
+        self.fd = replacement
+        stat = os.fstat(replacement)
         self._identity = (stat.st_dev, stat.st_ino)
 
     def write(self, entry: Entry) -> None:
-        """Write one entry as a line; a full disk costs the line, never the request."""
-        if self.file is None:
+        """
+        Write one entry as a line, with one write(2): appended so, lines
+        from other processes (--workers) never interleave with it. A full
+        disk costs the line, never the request.
+        """
+        if self.fd is None:
             return
         if self.path != STDOUT:
             self._reopen_if_moved()
+        line = memoryview((self.format(entry) + "\n").encode("utf-8"))
         try:
-            self.file.write(self.format(entry) + "\n")
+            while line:
+                line = line[os.write(self.fd, line) :]
         except OSError as e:
             self._trouble("write to", e)
             return

@@ -322,7 +322,7 @@ class AccessLogTests(SynchronousTestCase):
         [(close, args, kwargs)] = self.reactor.triggers["after"]["shutdown"]
         self.log.request_ended(_Request())
         close(*args, **kwargs)
-        self.assertIsNone(self.log.file)
+        self.assertIsNone(self.log.fd)
         self.log.request_ended(_Request())
         self.assertEqual(len(self.lines()), 1)
 
