@@ -133,9 +133,15 @@ def sent_file():
 
 
 def _holds(pid: int, path: str) -> bool:
-    """Whether process C{pid} has a descriptor of C{path} open."""
+    """Whether process C{pid} has a descriptor of C{path} open (one it closes while we look does not count)."""
     fds = f"/proc/{pid}/fd"
-    return any(os.readlink(os.path.join(fds, fd)) == path for fd in os.listdir(fds))
+    for fd in os.listdir(fds):
+        try:
+            if os.readlink(os.path.join(fds, fd)) == path:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
 
 
 def _send(helper: Helper, message: bytes, count: int, path: str = os.devnull) -> tuple[bytes, list[bytes]]:
