@@ -15,6 +15,11 @@ DRAIN_POLL_SECONDS = 0.1
 DELIVERY_SECONDS = 3.0
 
 
+def drain_seconds(shutdown_grace: float, kill_grace: float) -> float:
+    """How long a drain may take: the scripts' grace and kill grace, then the last deliveries."""
+    return shutdown_grace + kill_grace + DELIVERY_SECONDS
+
+
 class Drain(service.Service):
     """
     On stop (twistd's SIGTERM), closes each of the site's connections as

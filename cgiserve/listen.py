@@ -91,10 +91,8 @@ class ListeningService(internet.StreamServerEndpointService):
     # As strports.service sets it: a failure to listen raises from privilegedStartService.
     _raiseSynchronously = True
 
-    def __init__(self, description: str, factory, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
-        super().__init__(server_endpoint(reactor, description), factory)
+    def __init__(self, description: str, endpoint, factory) -> None:
+        super().__init__(endpoint, factory)
         self.description = description
 
     def privilegedStartService(self) -> None:

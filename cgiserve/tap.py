@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 from twisted.application import service
 from twisted.python import usage
@@ -18,15 +19,11 @@ from cgiserve.config import (
     ServerConfig,
     default_max_scripts,
 )
-from cgiserve.drain import DELIVERY_SECONDS, Drain
-from cgiserve.environ import EnvironSettings, base_environ
-from cgiserve.listen import ListeningService, check_endpoint
+from cgiserve.environ import EnvironSettings
+from cgiserve.listen import check_endpoint, server_endpoint
+from cgiserve.sockets import SHAREABLE, shareable
 from cgiserve.paths import BadPath, path_segments
 from cgiserve.privileges import RootWarning
-from cgiserve.resource import DocumentRoot
-from cgiserve.runner import ScriptRunner
-from cgiserve.site import Site
-from cgiserve.spawn import spawn_script
 
 DEFAULT_LISTEN = "tcp:8000:interface=127.0.0.1"
 
@@ -73,6 +70,18 @@ def _size(value: str) -> int:
 
 
 _size.coerceDoc = "Bytes, 0 or more."
+
+
+def _workers(value: str) -> int:
+    if value == "auto":
+        # The cores this process may run on, which a container or taskset can narrow.
+        return len(os.sched_getaffinity(0))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError("a whole number, 1 or more, or auto")
+    return int(value)
+
+
+_workers.coerceDoc = "A whole number, 1 or more, or auto: one per CPU core."
 
 
 def _log_format(value: str) -> str:
@@ -142,8 +151,9 @@ class Options(usage.Options):
         ["root", "r", ".", "Directory to serve."],
         ["timeout", None, 60.0, "Stop a script still running after this many seconds (0: never).", _seconds],
         ["kill-grace", None, 5.0, "Seconds between SIGTERM and SIGKILL when a script is stopped.", _seconds],
-        ["max-scripts", None, None, "Scripts running at once (default: 8 per CPU core)", _count],
-        ["max-queue", None, 128, "Requests that may wait for a script slot; more get 503.", _count],
+        ["workers", None, 1, "Worker processes serving the same sockets under a supervising master.", _workers],
+        ["max-scripts", None, None, "Scripts running at once (default: 8 per CPU core), shared among the workers.", _count],
+        ["max-queue", None, 128, "Requests that may wait for a script slot, shared among the workers; more get 503.", _count],
         ["queue-timeout", None, 30.0, "Seconds a request may wait for a script slot before 503 (0: no limit).", _seconds],
         ["max-body", None, 100 * MiB, "Largest request body in bytes (0: no limit); larger gets 413.", _size],
         ["max-stderr", None, 64 * 1024, "Bytes of a script's stderr logged per request.", _size],
@@ -173,6 +183,11 @@ class Options(usage.Options):
         self["auth-path"] = []
         self["cgi-dir"] = []
         self["warm-python"] = []
+
+    def parseOptions(self, options=None):
+        # Kept for the workers, which parse the same command line afresh.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def opt_listen(self, endpoint):
         """Listen on this Twisted endpoint (repeatable; default tcp:8000:interface=127.0.0.1)."""
@@ -223,8 +238,12 @@ class Options(usage.Options):
         self["root"] = root
         if not self["listen"]:
             self["listen"] = [DEFAULT_LISTEN]
-        for description in self["listen"]:
-            check_endpoint(description)
+        self.check_listen()
+        if self["max-scripts"] is None:
+            self["max-scripts"] = default_max_scripts()
+        for name in ("max-scripts", "max-queue"):
+            if self[name] < self["workers"]:
+                raise usage.UsageError(f"--{name} {self[name]}: fewer than --workers {self['workers']}, one each at least")
         for name in self["index"]:
             if not name or "/" in name or name.startswith("."):
                 raise usage.UsageError(f"--index {name!r}: not a plain file name")
@@ -250,6 +269,13 @@ class Options(usage.Options):
         elif self["warm-preload"] is not None:
             raise usage.UsageError("--warm-preload needs --warm-python")
 
+    def check_listen(self) -> None:
+        """Refuse a --listen description that could never listen, or that workers could not share."""
+        for description in self["listen"]:
+            check_endpoint(description)
+            if self["workers"] > 1 and not shareable(description):
+                raise usage.UsageError(f"--listen {description}: --workers serves only {SHAREABLE} endpoints")
+
     def config(self) -> ServerConfig:
         """The server configuration these options describe."""
         inherited = {name: os.environ[name] for name in self["pass-env"] if name in os.environ}
@@ -272,7 +298,7 @@ class Options(usage.Options):
             hidden=frozenset(os.path.realpath(os.path.join(cwd, name)) for name in (*_TWISTD_FILES, *own_files)),
             timeout=self["timeout"],
             kill_grace=self["kill-grace"],
-            max_scripts=self["max-scripts"] or default_max_scripts(),
+            max_scripts=self["max-scripts"],
             max_queue=self["max-queue"],
             queue_timeout=self["queue-timeout"],
             max_body=self["max-body"],
@@ -285,39 +311,20 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> service.MultiService:
-    """The warm Python helpers if any, the script runner, one HTTP service per --listen endpoint, all serving the same site, and their drain."""
-    config = options.config()
-    top = service.MultiService()
-    spawner = spawn_script
-    if options["warm-python"]:
-        from cgiserve.warm import WarmPythons
+    """
+    One process that serves (C{--workers 1}), or a master whose worker
+    processes serve the sockets it opens; the serving tree, and twisted.web,
+    are imported only where they serve.
+    """
+    if options["workers"] > 1:
+        from cgiserve.arbiter import master_service
 
-        warm = WarmPythons(options["warm-python"], base_environ(config.environ), options["warm-preload"])
-        warm.setServiceParent(top)
-        spawner = warm.spawner
-    runner = ScriptRunner(
-        config.max_scripts, config.max_queue, config.queue_timeout, config.shutdown_grace, spawner=spawner
-    )
-    runner.setServiceParent(top)
+        top = master_service(options)
+    else:
+        from twisted.internet import reactor
+
+        from cgiserve.serve import serving_service
+
+        top = serving_service(options, [server_endpoint(reactor, description) for description in options["listen"]])
     RootWarning().setServiceParent(top)
-    root = DocumentRoot(config.root, config, runner)
-    if options["htpasswd"]:
-        # Imported only when used: a server without it stays smaller.
-        from cgiserve.auth import BasicAuthGuard, HtpasswdChecker
-
-        checker = HtpasswdChecker(options["htpasswd"])
-        root = BasicAuthGuard(root, checker, options["auth-realm"], options["auth-path"])
-    site = Site(root, config)
-    if options["access-log"]:
-        # Imported only when used, like auth.
-        from cgiserve.accesslog import AccessLog
-
-        site.access_log = AccessLog(options["access-log"], options["access-log-format"])
-        site.access_log.setServiceParent(top)
-    for description in options["listen"]:
-        ListeningService(description, site).setServiceParent(top)
-    # Stopping: the ports close at once, running scripts get their grace,
-    # and each connection closes once its response is out.
-    drain_deadline = config.shutdown_grace + config.kill_grace + DELIVERY_SECONDS
-    Drain(site, drain_deadline).setServiceParent(top)
     return top

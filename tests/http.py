@@ -233,6 +233,15 @@ def connect(port: int, timeout: float = _TIMEOUT_SECONDS, rcvbuf: int | None = N
     return sock
 
 
+def refuses(port: int) -> bool:
+    """Whether a connection to 127.0.0.1:C{port} is refused."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def reset(sock: socket.socket) -> None:
     """Close with an RST rather than a FIN (SO_LINGER 0), as a crashing client would."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")

@@ -49,6 +49,15 @@ def children(pid: int) -> list[Stat]:
     return [info for info in all_stats() if info.ppid == pid]
 
 
+def cmdline(pid: int) -> bytes:
+    """The process's command line, its arguments NUL-separated; empty once it is gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
 def in_groups(pgids) -> list[Stat]:
     """Processes, not zombies, in any of these process groups."""
     pgids = set(pgids)

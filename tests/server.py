@@ -20,6 +20,8 @@ CHECKOUT = Path(__file__).resolve().parent.parent
 # "Site (TLS) starting on 8443", "Site starting on '/run/x.sock'".
 _STARTED = re.compile(r"Site(?: \((?:TLS|PROXY)\))? starting on (\d+|'[^']+')")
 _START_SECONDS = 20
+# What the master of --workers logs as each worker starts serving.
+SERVING = re.compile(r"Worker (\d+) \(pid (\d+)\) serving")
 
 # How long past its deadline the server may take to act on it: the reactor
 # runs on a loaded two-core machine, and /proc is polled.
@@ -54,6 +56,8 @@ class Server:
         # What each listening port announced: a number or a socket path.
         self.ports: list[str] = []
         self.process: subprocess.Popen | None = None
+        # How many "serving" lines of workers to wait for: --workers N, if given.
+        self.workers = int(options[options.index("--workers") + 1]) if "--workers" in options else 0
         if log_path is None:
             # A fresh file each time: a reused name could show an old server's port.
             fd, log_path = tempfile.mkstemp(prefix="cgiserve-", suffix=".log", dir=self.root.parent)
@@ -85,7 +89,7 @@ class Server:
         ]
 
     def start(self, listeners: int = 1) -> "Server":
-        """Start twistd and wait until its C{listeners} ports accept connections."""
+        """Start twistd and wait until its C{listeners} ports accept connections, and its workers (if any) serve."""
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CHECKOUT), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
@@ -103,13 +107,22 @@ class Server:
                 self.process.stdout.close()
                 raise RuntimeError(f"cgiserve exited with {self.process.returncode}: {out}\n{self.log()}")
             self.ports = [found.strip("'") for found in _STARTED.findall(self.log())]
-            if len(self.ports) >= listeners and all(map(_accepting, self.ports)):
+            serving = len(SERVING.findall(self.log())) >= self.workers
+            if serving and len(self.ports) >= listeners and all(map(_accepting, self.ports)):
                 if self.ports[0].isdigit():
                     self.port = int(self.ports[0])
                 return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"cgiserve did not start in {_START_SECONDS} s:\n{self.log()}")
+
+    def worker_pids(self) -> set[int]:
+        """The pids of the master's workers now: its children that run cgiserve.worker."""
+        return {
+            child.pid
+            for child in procfs.children(self.process.pid)
+            if child.state not in "ZX" and b"cgiserve.worker" in procfs.cmdline(child.pid)
+        }
 
     def log(self) -> str:
         try:

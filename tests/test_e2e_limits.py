@@ -28,6 +28,7 @@ from tests.http import (
     dechunk,
     read_to_end,
     recv_until,
+    refuses,
     request,
     reset,
     split_head,
@@ -759,15 +760,6 @@ def test_shutdown_delivers_response_of_last_script(start_server, docroot, pids):
     assert time.monotonic() - started < 6
     assert '"GET /late.sh HTTP/1.1" 200 4194304' in access_log.read_text()
     assert_log_clean(server)
-
-
-def refuses(port: int) -> bool:
-    """Whether a connection to the port is refused."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_shutdown_closes_idle_keepalive_and_refuses_new_connections(start_server, docroot, pids):

@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactor, RaisingMemoryReactor
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from cgiserve.listen import CannotListen, ListeningService, check_endpoint, reason
+from cgiserve.listen import CannotListen, ListeningService, check_endpoint, reason, server_endpoint
 
 
 needs_tls = pytest.mark.skipif(importlib.util.find_spec("OpenSSL") is None, reason="needs the tls extra")
@@ -115,7 +115,8 @@ class ListeningServiceTests(SynchronousTestCase):
     def test_listens_when_privileged_start(self):
         """privilegedStartService listens on the endpoint, with the factory, before the reactor runs."""
         reactor, factory = MemoryReactor(), Factory()
-        listening = ListeningService("tcp:8123:interface=127.0.0.1", factory, reactor=reactor)
+        description = "tcp:8123:interface=127.0.0.1"
+        listening = ListeningService(description, server_endpoint(reactor, description), factory)
         listening.privilegedStartService()
         [(port, listened, _, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (8123, "127.0.0.1"))
@@ -124,7 +125,9 @@ class ListeningServiceTests(SynchronousTestCase):
     def test_failure_to_listen_is_one_line(self):
         """A port in use stops startup with CannotListen naming the description and the reason."""
         failure = CannotListenError("127.0.0.1", 8123, _os_error(errno.EADDRINUSE))
-        listening = ListeningService("tcp:8123:interface=127.0.0.1", Factory(), reactor=RaisingMemoryReactor(failure))
+        description = "tcp:8123:interface=127.0.0.1"
+        endpoint = server_endpoint(RaisingMemoryReactor(failure), description)
+        listening = ListeningService(description, endpoint, Factory())
         with self.assertRaises(CannotListen) as raised:
             listening.privilegedStartService()
         self.assertEqual(
@@ -133,9 +136,9 @@ class ListeningServiceTests(SynchronousTestCase):
 
     @needs_tls
     def test_missing_certificate_is_one_line(self):
-        """A missing certificate file stops the service's construction with CannotListen."""
+        """A missing certificate file stops the endpoint's construction with CannotListen."""
         with self.assertRaises(CannotListen) as raised:
-            ListeningService("ssl:0:privateKey=/nonexistent/key.pem", Factory(), reactor=MemoryReactor())
+            server_endpoint(MemoryReactor(), "ssl:0:privateKey=/nonexistent/key.pem")
         self.assertEqual(
             raised.exception.code,
             "cgiserve: cannot listen on ssl:0:privateKey=/nonexistent/key.pem:"

@@ -255,3 +255,52 @@ def test_bad_option_at_startup(args, mention):
     mentions = [line for line in output.splitlines() if mention in line]
     assert len(mentions) == 1, output
     assert output.strip().splitlines()[-1] == mentions[0]
+
+
+# -- --workers
+
+
+def test_workers_default_to_one_and_auto_to_the_cores(tmp_cwd):
+    """--workers is 1 unless given; auto is one per CPU core this process may use."""
+    assert parse()["workers"] == 1
+    assert parse("--workers", "3")["workers"] == 3
+    assert parse("--workers", "auto")["workers"] == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workers", "0"], "1 or more, or auto"),
+        (["--workers", "many"], "auto"),
+        (["--workers", "3", "--max-scripts", "2"], "--max-scripts 2: fewer than --workers 3"),
+        (["--workers", "3", "--max-queue", "2"], "--max-queue 2: fewer than --workers 3"),
+        (["--workers", "2", "--listen", "stdio:"], "--workers serves only tcp:"),
+    ],
+)
+def test_workers_refused(tmp_cwd, args, message):
+    """A worker count that is not one, limits that cannot be shared, or an endpoint no worker can be handed: usage errors."""
+    with pytest.raises(usage.UsageError, match=re.escape(message)):
+        parse(*args)
+
+
+def test_options_keep_their_command_line(tmp_cwd):
+    """The parsed command line is kept as given, for the workers to parse afresh."""
+    args = ["--workers", "2", "--listen", "tcp:0", "--index", "home.html"]
+    assert parse(*args).argv == args
+
+
+def test_master_imports_no_twisted_web(tmp_cwd):
+    """The master of --workers builds its service without importing twisted.web or the serving tree."""
+    code = (
+        "import sys\n"
+        "from cgiserve.tap import Options, makeService\n"
+        "options = Options()\n"
+        "options.parseOptions(['--workers', '2', '--listen', 'tcp:0'])\n"
+        "makeService(options)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('twisted.web', 'cgiserve.serve', 'cgiserve.site'))))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_cwd, env=dict(os.environ, PYTHONPATH=str(CHECKOUT)), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
