@@ -1,4 +1,4 @@
-"""Read process facts from /proc: RSS, PSS, spooled temp files, CGI children."""
+"""Read process facts from /proc: RSS, PSS, spooled temp files, workers, CGI children."""
 
 import os
 import stat
@@ -6,6 +6,8 @@ import threading
 import time
 
 MiB = 1024 * 1024
+# In the command line of a cgiserve master's worker processes.
+WORKER = "cgiserve.worker"
 
 
 def rss(pid):
@@ -90,6 +92,11 @@ def descendants(pid):
     return found
 
 
+def workers(pid):
+    """PIDs of a cgiserve master's workers, its children running cgiserve.worker, in order."""
+    return sorted(p for p in children(pid) if WORKER in cmdline(p))
+
+
 def cwd(pid):
     """A process's working directory, or None once it is gone."""
     try:
@@ -142,7 +149,7 @@ def written(pids):
 
 
 class Sampler:
-    """Sample a process's RSS and spooled bytes every 20 ms in a thread.
+    """Sample the RSS and spooled bytes of processes, summed, every 20 ms in a thread.
 
     Use as a context manager; afterwards ``peak_rss`` and ``peak_spooled``
     hold the maxima seen. Sampling stops by itself after ``limit`` seconds.
@@ -150,8 +157,8 @@ class Sampler:
 
     interval = 0.02
 
-    def __init__(self, pid, limit=600):
-        self.pid = pid
+    def __init__(self, pids, limit=600):
+        self.pids = pids
         self.limit = limit
         self.peak_rss = self.peak_spooled = 0
         self._stop = threading.Event()
@@ -159,10 +166,10 @@ class Sampler:
 
     def _sample(self):
         try:
-            self.peak_rss = max(self.peak_rss, rss(self.pid))
+            self.peak_rss = max(self.peak_rss, sum(rss(pid) for pid in self.pids))
         except OSError:
             return
-        self.peak_spooled = max(self.peak_spooled, spooled(self.pid))
+        self.peak_spooled = max(self.peak_spooled, sum(spooled(pid) for pid in self.pids))
 
     def _run(self):
         deadline = time.monotonic() + self.limit

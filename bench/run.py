@@ -1,4 +1,4 @@
-"""Benchmark cgiserve (exec and warm Python) against twistd web, lighttpd and http.server.
+"""Benchmark cgiserve (exec and warm Python, 1 and 2 workers) against twistd web, lighttpd and http.server.
 
 Usage: python3 bench/run.py [--quick] [--duration S] [--rounds N]
                             [--servers a,b] [--markdown PATH]
@@ -20,9 +20,10 @@ import docroot
 import procfs
 import report
 from procfs import MiB
-from servers import COMMANDS, Server, StartError
+from servers import COMMANDS, WORKERS, Server, StartError
 
-DEFAULT_SERVERS = "cgiserve,cgiserve-warm,twistd-web,lighttpd,http.server"
+DEFAULT_SERVERS = ("cgiserve,cgiserve-w2,cgiserve-warm,cgiserve-warm-w2,"
+                   "twistd-web,lighttpd,http.server")
 
 # (name, path, expected body, wrk threads, connections)
 LOADS = [
@@ -46,6 +47,17 @@ WARM_TARGETS = [
     ("Python CGI c16", "rps", "lighttpd", ">=", 3.0),
     ("Python imports c16", "rps", "lighttpd", ">=", 8.0),
     (MEMORY, "pss", "cgiserve", "<=", 1.0),
+]
+# Targets for --workers 2: a two-worker cgiserve's figure over a peer's,
+# (scenario, metric, server, peer, ">=" or "<=", bound). At c1 a second
+# worker cannot help: its rows must not be slower than one worker's.
+WORKER_TARGETS = [
+    ("C CGI c16", "rps", "cgiserve-w2", "lighttpd", ">=", 0.85),
+    ("sh CGI c16", "rps", "cgiserve-w2", "lighttpd", ">=", 0.9),
+    ("static 1 KiB c1", "p50", "cgiserve-w2", "cgiserve", "<=", 1.1),
+    ("C CGI c1", "p50", "cgiserve-w2", "cgiserve", "<=", 1.1),
+    ("Python CGI c1", "p50", "cgiserve-w2", "cgiserve", "<=", 1.1),
+    ("Python CGI c1", "p50", "cgiserve-warm-w2", "cgiserve-warm", "<=", 1.1),
 ]
 # How the warm table labels a metric, and the decimals it shows.
 METRICS = {"rps": ("req/s", 0), "p50": ("p50 ms", 2), "pss": ("scripts' PSS MiB", 1)}
@@ -114,7 +126,7 @@ def bench_loads(servers, args, loads):
                 try:
                     runs[server.name].append(measured_wrk(
                         server, path, threads, conns, args.duration))
-                except (clients.CheckError, subprocess.SubprocessError) as e:
+                except (clients.CheckError, subprocess.SubprocessError, OSError) as e:
                     loads[name][server.name] = {"error": str(e)}
                     del runs[server.name]
         for server_name, results in runs.items():
@@ -152,17 +164,24 @@ def check(server, path, expected):
 def measured_wrk(server, path, threads, conns, duration):
     """One wrk run, with the server's own CPU time per request and how busy the machine was.
 
+    The server's own CPU time is that of its own processes, summed: twistd
+    and, if it is a master, its workers (``cpu_split``: each one's CPU
+    seconds, the master's first), not their children (scripts, helpers).
     From a warm server, for a Python script, also how many requests its
     access log says were exec'd (and the commonest reason) and how many
-    warm helpers its log says were started meanwhile.
+    warm helpers its log says were started meanwhile. Raises OSError if
+    one of the server's processes ends meanwhile.
     """
     warm = server.warm and warm_eligible(path)
     access_offset, log_offset = server.access_log_size(), server.log_size()
-    cpu_before = procfs.cpu_seconds(server.pid)
+    pids = server.processes()
+    cpu_before = [procfs.cpu_seconds(pid) for pid in pids]
     busy_before, total_before = procfs.machine_times()
     result = clients.wrk(server.port, path, threads, conns, duration)
     busy_after, total_after = procfs.machine_times()
-    cpu = procfs.cpu_seconds(server.pid) - cpu_before
+    result["cpu_split"] = [procfs.cpu_seconds(pid) - before
+                           for pid, before in zip(pids, cpu_before)]
+    cpu = sum(result["cpu_split"])
     result["cpu_us"] = cpu / result["requests"] * 1e6 if result["requests"] else 0
     result["busy"] = (busy_after - busy_before) / max(total_after - total_before, 1)
     if warm:
@@ -194,6 +213,7 @@ def median_run(results):
         "busy": statistics.median(r["busy"] for r in results),
         "errors": sum(r["errors"] for r in results),
         "read_errors": sum(r["read_errors"] for r in results),
+        "cpu_split": [sum(each) for each in zip(*(r["cpu_split"] for r in results))],
     }
     if "logged" in results[0]:
         row.update({key: sum(r[key] for r in results)
@@ -263,13 +283,16 @@ def script_memory(server):
 
 
 def bench_bodies(server, args, big):
-    """The upload and slow-download scenarios against one server."""
-    pid = server.pid
+    """The upload and slow-download scenarios against one server.
+
+    RSS and spooled bytes are those of the server's own processes, summed.
+    """
+    pids = server.processes()
     mem = big[server.name]
     print(f"  upload {args.upload_mib} MiB", flush=True)
-    base = procfs.rss(pid)
+    base = server.rss()
     try:
-        with procfs.Sampler(pid) as s:
+        with procfs.Sampler(pids) as s:
             elapsed = clients.upload(server.port, "/cgi-bin/hash.cgi",
                                      args.upload_mib * MiB)
         mem.update({"upload s": f"{elapsed:.2f}",
@@ -279,14 +302,14 @@ def bench_bodies(server, args, big):
         mem["upload s"] = f"FAIL: {e}"[:100]
 
     print(f"  slow download for {args.download_s} s", flush=True)
-    base = procfs.rss(pid)
+    base = server.rss()
     wrote = {}
 
     def on_end():
         wrote["bytes"] = procfs.written(server.scripts()[0])
 
     try:
-        with procfs.Sampler(pid) as s:
+        with procfs.Sampler(pids) as s:
             got = clients.slow_download(server.port, "/cgi-bin/big.cgi",
                                         MiB, args.download_s, on_end)
         mem.update({"download ahead": fmt_mib(wrote["bytes"] - got),
@@ -294,7 +317,7 @@ def bench_bodies(server, args, big):
                     "CGI gone 5 s after close": cgi_gone(server)})
     except (clients.CheckError, OSError) as e:
         mem["download ahead"] = f"FAIL: {e}"[:100]
-    mem["RSS after"] = fmt_mib(procfs.rss(pid))
+    mem["RSS after"] = fmt_mib(server.rss())
 
 
 def cgi_gone(server, timeout=5):
@@ -316,10 +339,13 @@ def ratio(a, b):
 
 
 def load_note(r):
-    """The note column: socket read errors, and a warm server's exec'd requests."""
+    """The note column: socket read errors, a master's CPU split, a warm server's exec'd requests."""
     notes = []
     if r["read_errors"]:
         notes.append(f"{r['read_errors']} socket read errors")
+    if len(r["cpu_split"]) > 1:
+        master, *workers = (f"{c / (sum(r['cpu_split']) or 1):.0%}" for c in r["cpu_split"])
+        notes.append(f"CPU: master {master}, workers {' '.join(workers)}")
     if "logged" in r:
         notes.append(f"{r['exec']} of {r['logged']} exec'd"
                      + (f" ({r['exec_reason']})" if r["exec"] else ""))
@@ -365,11 +391,53 @@ def memory_table(memory):
             fmt_mib(m["helper_rss"]) if helper else "",
             fmt_mib(m["helper_pss"]) if helper else "",
             fmt_mib(m["pss"] + m["helper_pss"]) if helper else "",
-            f"{m['helpers']} helpers" if m["helpers"] > 1 else ""])
+            helpers_note(m["helpers"], WORKERS.get(server) or 1)])
     return report.table(
         ["server", "scripts running", "scripts' PSS", "PSS per script",
          "private per script", "scripts' RSS", "helper RSS", "helper PSS",
          "scripts + helper PSS", "note"], rows)
+
+
+def helpers_note(helpers, workers):
+    """How many helpers there were, if more than one: one per worker, or more while one is replaced."""
+    if helpers <= 1:
+        return ""
+    return f"{helpers} helpers" + (", one per worker" if helpers == workers else "")
+
+
+def idle_memory(server):
+    """RSS and PSS of the server's own processes (twistd first, then its workers), and its helpers' PSS."""
+    try:
+        helpers = [procfs.memory(pid)["pss"] for pid in server.warm_helpers()]
+        return {"processes": [procfs.memory(pid) for pid in server.processes()],
+                "helpers": len(helpers), "helper_pss": sum(helpers)}
+    except OSError as e:
+        return {"error": str(e)}
+
+
+def idle_table(idle):
+    """Idle memory per cgiserve: the master's (or the one process's), each worker's, and their sums."""
+    rows = []
+    for server, m in idle.items():
+        if "error" in m:
+            rows.append([server] + [""] * 8 + [f"FAIL: {m['error']}"[:100]])
+            continue
+        master, *workers = m["processes"]
+
+        def each(key):
+            return " + ".join(fmt_mib(w[key]) for w in workers) or "none: one process serves"
+
+        rows.append([
+            server, WORKERS[server], fmt_mib(master["rss"]), fmt_mib(master["pss"]),
+            each("rss"), each("pss"),
+            fmt_mib(sum(p["rss"] for p in m["processes"])),
+            fmt_mib(sum(p["pss"] for p in m["processes"])),
+            fmt_mib(m["helper_pss"]) if m["helpers"] else "",
+            helpers_note(m["helpers"], WORKERS[server])])
+    return report.table(
+        ["server", "--workers", "master RSS", "master PSS", "each worker's RSS",
+         "each worker's PSS", "RSS sum", "PSS sum", "warm helpers' PSS (not in sums)",
+         "note"], rows)
 
 
 def warm_figures(loads, memory):
@@ -416,6 +484,29 @@ def warm_table(loads, memory):
          "warm/lighttpd", "warm/cgiserve", "target", "met"], rows)
 
 
+def workers_table(loads):
+    """Two workers against one and against lighttpd: the targets, met or not."""
+    rows = []
+    for scenario, metric, server, peer, op, bound in WORKER_TARGETS:
+        values = [loads[scenario].get(s, {}).get(metric) for s in (server, peer)]
+        over = values[0] / values[1] if all(values) else None
+        digits = METRICS[metric][1]
+        rows.append([scenario, METRICS[metric][0], server, peer]
+                    + [f"{v:.{digits}f}" if v else "" for v in values]
+                    + [f"{over:.2f}" if over else "",
+                       f"server/peer {op} {bound:g}", target_met(over, op, bound)])
+    return report.table(
+        ["scenario", "metric", "server", "peer", "server's", "peer's",
+         "server/peer", "target", "met"], rows)
+
+
+def workers_line(names):
+    """The Machine section's line saying how many workers each cgiserve ran with."""
+    runs = ", ".join(f"{name} {WORKERS[name]}" for name in names if name in WORKERS)
+    return (f"- cgiserve's --workers: {runs} (1: one process serves; more: a master "
+            "and that many workers, whose CPU and RSS the tables sum)\n" if runs else "")
+
+
 def big_table(big, args):
     cols = ["idle RSS", "upload s", "upload peak RSS +", "upload spooled",
             "download ahead", "download peak RSS +",
@@ -433,7 +524,7 @@ def main():
     load_before = os.getloadavg()[0]
     ensure_tools(args.servers)
     loads = {name: {} for name, *_ in LOADS}
-    big, memory = {}, {}
+    big, memory, idle = {}, {}, {}
     workdir = tempfile.mkdtemp(prefix="cgiserve-bench-")
     try:
         os.chmod(workdir, 0o755)
@@ -456,9 +547,13 @@ def main():
                         scenario[server.name] = {"error": f"did not start: {e}"}
                     big[server.name] = {"idle RSS": "did not start"}
                     memory[server.name] = {"error": f"did not start: {e}"}
+                    if server.workers:
+                        idle[server.name] = {"error": f"did not start: {e}"}
             time.sleep(1)
             for server in running:
-                big[server.name] = {"idle RSS": fmt_mib(procfs.rss(server.pid))}
+                big[server.name] = {"idle RSS": fmt_mib(server.rss())}
+                if server.workers:
+                    idle[server.name] = idle_memory(server)
             bench_loads(running, args, loads)
             for server in running:
                 print(f"{server.name}:", flush=True)
@@ -474,12 +569,15 @@ def main():
     text = (f"## Machine\n\n{facts}\n"
             f"- wrk: {args.rounds} rounds of {args.duration} s per server "
             f"and scenario, servers taking turns; medians shown\n"
+            f"{workers_line(args.servers)}"
             f"- total bench time: {time.monotonic() - started:.0f} s\n"
             f"- 1-minute load average: {load_before:.2f} before, "
             f"{os.getloadavg()[0]:.2f} after\n\n"
             f"## Request load (wrk)\n\n{load_table(loads)}\n\n"
             f"## {MEMORY}\n\n{memory_table(memory)}\n\n"
             f"## Warm Python: targets\n\n{warm_table(loads, memory)}\n\n"
+            f"## Workers: targets\n\n{workers_table(loads)}\n\n"
+            f"## Idle memory: master + workers\n\n{idle_table(idle)}\n\n"
             f"## Large bodies and memory\n\n{big_table(big, args)}\n")
     print("\n" + text)
     if args.markdown:

@@ -1,5 +1,6 @@
 """Start and stop the servers under test, each on its own loopback port."""
 
+import functools
 import json
 import os
 import re
@@ -35,12 +36,19 @@ def _twisted(*args):
             "-n", "--pidfile=", *args]
 
 
+# The cgiserve variants and their --workers (1, the default: one process
+# serves; more: a master and that many worker processes), and those of
+# them run with --warm-python.
+WORKERS = {"cgiserve": 1, "cgiserve-w2": 2, "cgiserve-warm": 1, "cgiserve-warm-w2": 2}
+WARM = {"cgiserve-warm", "cgiserve-warm-w2"}
+
+
 def access_log_path(workdir, name):
-    """Where a server that logs requests (cgiserve-warm) writes them, one JSON object a line."""
+    """Where a server that logs requests (a warm cgiserve) writes them, one JSON object a line."""
     return os.path.join(workdir, f"{name}-access.json")
 
 
-def _cgiserve(root, port, workdir, *options):
+def _cgiserve(name, root, port, workdir):
     path = os.pathsep.join(filter(None, [CHECKOUT, os.environ.get("PYTHONPATH")]))
     # Bytecode compiled beforehand, as pip does at install (and as twistd
     # web's is): otherwise every start compiles the checkout's modules, and
@@ -50,17 +58,16 @@ def _cgiserve(root, port, workdir, *options):
                     os.path.join(CHECKOUT, "twisted", "plugins")], check=True)
     # --max-body=0: the default 100 MiB limit would refuse the 200 MiB upload.
     argv = _twisted("cgiserve", "--root", root, "--max-body=0",
-                    "--listen", f"tcp:{port}:interface={HOST}", *options)
+                    "--listen", f"tcp:{port}:interface={HOST}",
+                    "--workers", str(WORKERS[name]))
+    if name in WARM:
+        # The access log (one file, all workers write to it) says of each
+        # request whether it started warm: the bench checks that before
+        # measuring, and counts the exec'd ones.
+        argv += ["--warm-python", docroot.PYTHON,
+                 "--access-log", access_log_path(workdir, name),
+                 "--access-log-format", "json"]
     return argv, {"PYTHONPATH": path}
-
-
-def _cgiserve_warm(root, port, workdir):
-    # The access log says of each request whether it started warm: the
-    # bench checks that before measuring, and counts the exec'd ones.
-    return _cgiserve(root, port, workdir,
-                     "--warm-python", docroot.PYTHON,
-                     "--access-log", access_log_path(workdir, "cgiserve-warm"),
-                     "--access-log-format", "json")
 
 
 def _twistd_web(root, port, workdir):
@@ -84,8 +91,7 @@ def _http_server(root, port, workdir):
 
 
 COMMANDS = {
-    "cgiserve": _cgiserve,
-    "cgiserve-warm": _cgiserve_warm,
+    **{name: functools.partial(_cgiserve, name) for name in WORKERS},
     "twistd-web": _twistd_web,
     "lighttpd": _lighttpd,
     "http.server": _http_server,
@@ -99,10 +105,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-# Servers run with --warm-python, and how their log tells that the warm
-# helper is serving (or is not going to).
-WARM = {"cgiserve-warm"}
-WARM_READY = "self-test passed"
+# How a master's log tells that a worker serves; how a warm server's log
+# tells that a warm helper is serving (or is not going to).
+WORKER_SERVING = re.compile(r"Worker \d+ \(pid \d+\) serving")
+WARM_READY = re.compile(r"self-test passed")
 WARM_FAILED = re.compile(r"self-test failed.*|cannot start a helper.*")
 WARM_HELPER = "warm_helper.py"
 WARM_STARTING = re.compile(r"helper \d+ starting")
@@ -119,6 +125,7 @@ class Server:
         self.name = name
         self.port = free_port()
         self.log_path = os.path.join(workdir, f"{name}.log")
+        self.workers = WORKERS.get(name)
         self.warm = name in WARM
         self.access_log = access_log_path(workdir, name) if self.warm else None
         argv, env = COMMANDS[name](root, self.port, workdir)
@@ -134,10 +141,13 @@ class Server:
         return self.proc.pid
 
     def wait_ready(self, timeout=20):
-        """Return once the port accepts connections, else raise StartError.
+        """Return once the server serves, else raise StartError.
 
-        A warm server must also have its helper ready: its log says
-        "self-test passed" (not "self-test failed").
+        Its port must accept connections. A master (--workers 2 or more)
+        must also have logged each worker's "Worker N (pid P) serving": its
+        port accepts from the start, before any worker does. A warm server
+        must have each worker's (or its own) helper ready: "self-test
+        passed" in the log as many times, and no "self-test failed".
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -150,19 +160,27 @@ class Server:
                 time.sleep(0.1)
         else:
             raise StartError(f"not listening after {timeout} s: {self.log_tail()}")
+        if self.workers and self.workers > 1:
+            self._wait_log(WORKER_SERVING, self.workers, deadline)
         if self.warm:
-            self._wait_warm(deadline)
+            self._wait_log(WARM_READY, self.workers, deadline, WARM_FAILED)
 
-    def _wait_warm(self, deadline):
+    def _wait_log(self, pattern, count, deadline, failed=None):
+        """Wait until ``count`` lines of the log match ``pattern``, else raise StartError.
+
+        Raises at once if the server exits or a line matches ``failed``.
+        """
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise StartError(f"exited with {self.proc.returncode}: {self.log_tail()}")
             text = self.log_text()
-            if WARM_READY in text:
+            if len(pattern.findall(text)) >= count:
                 return
-            failed = WARM_FAILED.search(text)
-            if failed:
-                raise StartError(f"warm Python not ready: {failed.group(0)}")
+            found = failed.search(text) if failed else None
+            if found:
+                raise StartError(f"warm Python not ready: {found.group(0)}")
             time.sleep(0.1)
-        raise StartError(f"no {WARM_READY!r} in its log: {self.log_tail()}")
+        raise StartError(f"fewer than {count} {pattern.pattern!r} in its log: {self.log_tail()}")
 
     def log_text(self, offset=0):
         """The server's log from byte ``offset`` on."""
@@ -199,24 +217,34 @@ class Server:
         """How many warm helpers the log says were started from byte ``offset`` on."""
         return len(WARM_STARTING.findall(self.log_text(offset)))
 
+    def processes(self):
+        """PIDs of the server's own processes: twistd and, if it is a master, its workers."""
+        return [self.pid] + procfs.workers(self.pid)
+
+    def rss(self):
+        """The RSS of the server's own processes, summed, in bytes."""
+        return sum(procfs.rss(pid) for pid in self.processes())
+
     def warm_helpers(self):
-        """PIDs of the server's warm Python helpers (more than one while one is replaced)."""
+        """PIDs of the server's warm Python helpers: one per worker (more while one is replaced)."""
         if not self.warm:
             return []
-        return [pid for pid in procfs.children(self.pid)
+        return [pid for each in self.processes() for pid in procfs.children(each)
                 if WARM_HELPER in procfs.cmdline(pid)]
 
     def scripts(self):
         """PIDs of the scripts running now, and the set of those a warm helper forked.
 
-        The scripts are the server's descendants less its warm helpers and
-        their spare children (forked ahead of a request, still in the
-        helper's working directory, /, not yet a script's).
+        The scripts are the server's descendants less its workers, its warm
+        helpers and their spare children (forked ahead of a request, still
+        in the helper's working directory, /, not yet a script's).
         """
+        own = self.processes()
         helpers = self.warm_helpers()
         spares = {pid for helper in helpers for pid in procfs.children(helper) if procfs.cwd(pid) == "/"}
         warm = {pid for helper in helpers for pid in procfs.children(helper)} - spares
-        return [p for p in procfs.descendants(self.pid) if p not in helpers and p not in spares], warm
+        return [p for p in procfs.descendants(self.pid)
+                if p not in own and p not in helpers and p not in spares], warm
 
     def stop(self):
         """SIGTERM the process group, SIGKILL it if still there after 5 s.
