@@ -327,6 +327,12 @@ def test_access_log_lines_are_whole_and_ids_unique(workers, top):
     assert len(records) == 200
     assert {record["uri"] for record in records} == {f"/ppid.cgi?{query}"}
     assert len({record["request_id"] for record in records}) == 200
+    # Rotation: every worker follows the path to the new file.
+    access.rename(access.with_suffix(".1"))
+    assert spread(server, "/ppid.cgi?after") == server.worker_pids()
+    assert wait_for(lambda: access.exists() and len(access.read_bytes().splitlines()) % 8 == 0, timeout=10)
+    assert {json.loads(line)["uri"] for line in access.read_bytes().splitlines()} == {"/ppid.cgi?after"}
+    assert len(access.with_suffix(".1").read_bytes().splitlines()) == 200
 
 
 def test_access_log_on_standard_output_comes_whole_through_the_master(top):
