@@ -43,7 +43,9 @@ class ServerConfig:
     the server writes itself (pid and log files), never to be served;
     C{interpreters} maps a file extension to the absolute path of the
     program that runs such files; C{cgi_dirs}, when not empty, holds the
-    real paths of the only directories whose files run as scripts.
+    real paths of the only directories whose files run as scripts;
+    C{sendfile_dirs} the real paths of those whose files a script may name
+    in an X-Sendfile header.
     """
 
     root: str
@@ -67,6 +69,7 @@ class ServerConfig:
     header_timeout: float = 20.0
     shutdown_grace: float = 10.0
     cgi_dirs: tuple[str, ...] = ()
+    sendfile_dirs: tuple[str, ...] = ()
 
     def may_run(self, path: str) -> bool:
         """Whether the file at this real path may run as a script (--cgi-dir, like Apache's ScriptAlias)."""

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 from twisted.web import pages, resource, server
 from twisted.web.http import NO_BODY_CODES
 
+from cgiserve import sendfile
 from cgiserve.addresses import connection_ends
 from cgiserve.config import ServerConfig
 from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form_argv
@@ -76,9 +77,10 @@ class ResponseWriter:
 
     _log = Logger()
 
-    def __init__(self, request, script: str) -> None:
+    def __init__(self, request, script: str, sendfile_dirs: tuple[str, ...] = ()) -> None:
         self.request = request
         self.script = script
+        self.sendfile_dirs = sendfile_dirs
         self.gone = False
         self.handed_back = False
         self.producer = None
@@ -100,6 +102,10 @@ class ResponseWriter:
             redirect_locally(self.request, response.location, self.script)
             return
         request = self.request
+        named = [value for name, value in response.headers if name.lower() == sendfile.HEADER]
+        if named and self.sendfile_dirs:
+            self._send_file(response, named)
+            return
         request.setResponseCode(response.status, response.reason)
         # The server never guesses a type for a script (RFC 3875 6.3.1).
         request.defaultContentType = None
@@ -113,6 +119,35 @@ class ResponseWriter:
         self.remaining = response.content_length
         if self.remaining == 0:
             self._complete()
+
+    def _send_file(self, response: ScriptResponse, named: list[bytes]) -> None:
+        """Send the file the script named instead of its body, which is read on and dropped."""
+        request = self.request
+        try:
+            if len(named) > 1:
+                raise sendfile.Refused(502, "more than one X-Sendfile header")
+            path = sendfile.target(named[0], self.sendfile_dirs)
+        except sendfile.Refused as refused:
+            self._log.warn(
+                "{script} [{request_id}] X-Sendfile {named}: {reason}",
+                script=self.script,
+                request_id=request.request_id,
+                named=b", ".join(named).decode("utf-8", "replace"),
+                reason=refused.reason,
+            )
+            self.script_failed(refused.status, f"X-Sendfile {refused.reason}")
+            return
+        self.handed_back = True
+        request.setResponseCode(response.status, response.reason)
+        content_type = None
+        for name, value in response.headers:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                content_type = value
+            elif lowered not in (sendfile.HEADER, b"content-length"):
+                request.responseHeaders.addRawHeader(name, value)
+        self._end_upload()
+        sendfile.send(request, path, content_type)
 
     def body_received(self, data: bytes) -> None:
         if self.remaining is not None:
@@ -215,6 +250,7 @@ _KEPT = frozenset({b"Server", b"Date", b"X-Request-Id"})
 RETRY_AFTER_SECONDS = b"5"
 
 _ERROR_PAGES = {
+    404: ("Not Found", "The file the script named is not there."),
     502: ("Bad Gateway", "The script did not give a valid response."),
     503: ("Service Unavailable", "The server is too busy to run the script now; try again shortly."),
     504: ("Gateway Timeout", "The script took too long to answer."),
@@ -299,7 +335,7 @@ class CGIScript(resource.Resource):
                     form_body = None
         argv = build_argv(self.path, self.interpreter, form_body, facts.query, self.config.isindex_argv)
         env = build_environ(facts, self.config.environ)
-        writer = ResponseWriter(request, self.path)
+        writer = ResponseWriter(request, self.path, self.config.sendfile_dirs)
         if not facts.content_length:
             body = None
         elif request.streamed_body is not None:

@@ -183,6 +183,7 @@ class Options(usage.Options):
         self["auth-path"] = []
         self["cgi-dir"] = []
         self["warm-python"] = []
+        self["sendfile-dir"] = []
 
     def parseOptions(self, options=None):
         # Kept for the workers, which parse the same command line afresh.
@@ -200,6 +201,14 @@ class Options(usage.Options):
     def opt_cgi_dir(self, directory):
         """Run scripts only from this directory under the root, like Apache's ScriptAlias (repeatable)."""
         self["cgi-dir"].append(directory)
+
+    def opt_sendfile_dir(self, directory):
+        """Send the files under this directory that scripts name in an X-Sendfile header (repeatable)."""
+        path = os.path.realpath(directory)
+        if not os.path.isdir(path):
+            raise usage.UsageError(f"--sendfile-dir {directory}: not a directory")
+        if path not in self["sendfile-dir"]:
+            self["sendfile-dir"].append(path)
 
     def opt_warm_python(self, interpreter):
         """Start scripts of this Python interpreter (its path as #! lines name it) from a preloaded helper (repeatable)."""
@@ -307,6 +316,7 @@ class Options(usage.Options):
             header_timeout=self["header-timeout"],
             shutdown_grace=self["shutdown-grace"],
             cgi_dirs=self["cgi-dir"],
+            sendfile_dirs=tuple(self["sendfile-dir"]),
         )
 
 
