@@ -25,17 +25,14 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _under(path: str, directories) -> str | None:
-    """The directory C{path} lies under (strictly), if any."""
+def _within(path: str, directories, outside: str, dotfile: str) -> None:
+    """Refuse C{path} unless it lies (strictly) under one of C{directories}, and not in a dotfile or dot-directory."""
     for directory in directories:
         if path.startswith(directory + os.sep):
-            return directory
-    return None
-
-
-def _hidden(path: str, directory: str) -> bool:
-    """Whether a segment of C{path} below C{directory} is a dotfile or dot-directory."""
-    return any(segment.startswith(".") for segment in path[len(directory) + 1 :].split(os.sep))
+            if any(segment.startswith(".") for segment in path[len(directory) + 1 :].split(os.sep)):
+                raise Refused(502, dotfile)
+            return
+    raise Refused(502, outside)
 
 
 def target(value: bytes, directories) -> str:
@@ -49,17 +46,9 @@ def target(value: bytes, directories) -> str:
     if not os.path.isabs(path):
         raise Refused(502, "not an absolute path")
     named = os.path.normpath(path)
-    directory = _under(named, directories)
-    if directory is None:
-        raise Refused(502, "outside every --sendfile-dir")
-    if _hidden(named, directory):
-        raise Refused(502, "a dotfile")
+    _within(named, directories, "outside every --sendfile-dir", "a dotfile")
     real = os.path.realpath(named)
-    real_directory = _under(real, directories)
-    if real_directory is None:
-        raise Refused(502, "a symlink out of every --sendfile-dir")
-    if _hidden(real, real_directory):
-        raise Refused(502, "a symlink to a dotfile")
+    _within(real, directories, "a symlink out of every --sendfile-dir", "a symlink to a dotfile")
     try:
         mode = os.stat(real).st_mode
     except OSError:
