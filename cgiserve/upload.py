@@ -29,6 +29,12 @@ _PEER_DONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 # the kernel's tuning of it for good, and a flowing upload wants that.
 STALLED_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
+# A streamed body moves in reads of this size, and the script's stdin pipe
+# holds as much (F_SETPIPE_SZ, where the kernel allows it): 200 MiB then
+# take 200 reads and writes instead of 3,200, a third of the CPU. The
+# server holds at most one such read per upload.
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+
 
 class FileBody:
     """A body already received whole (a small form, a spooled chunked upload), read from its file."""
@@ -67,6 +73,9 @@ class StreamedBody:
         if clock is None:
             from twisted.internet import reactor as clock
         self.network = network
+        self._reader = _reader_of(network)
+        if self._reader is not None:
+            self._reader.bufferSize = UPLOAD_CHUNK_BYTES
         self.length = length
         self.received = 0
         self._peer_check = task.LoopingCall(self._check_peer)
@@ -100,6 +109,7 @@ class StreamedBody:
     def finish(self) -> None:
         """The client has sent the whole body."""
         self.complete = True
+        self._narrow()
         self._resume()
         if self.process is not None and not self._discarding:
             self._close_stdin()
@@ -109,6 +119,12 @@ class StreamedBody:
     def attach(self, process) -> None:
         """Start writing to the script's stdin, the body so far first."""
         self.process = process
+        stdin = process.pipes.get(0)
+        if stdin is not None:
+            try:
+                fcntl.fcntl(stdin.fileno(), fcntl.F_SETPIPE_SZ, UPLOAD_CHUNK_BYTES)
+            except OSError:  # over the user's pipe quota (fs.pipe-user-pages-soft): the default size
+                pass
         process.registerProducer(self, True)
         self._resume()
         pending, self._pending = self._pending, []
@@ -142,7 +158,14 @@ class StreamedBody:
         """
         if self.process is not None and not self._discarding:
             self._close_stdin()
+        self._narrow()
         self.stopProducing()
+
+    def _narrow(self) -> None:
+        """Back to the connection's usual reads, for the requests that follow on it."""
+        if self._reader is not None:
+            del self._reader.bufferSize
+            self._reader = None
 
     def _pause(self) -> None:
         if not self._paused and not self.complete:
@@ -159,9 +182,10 @@ class StreamedBody:
                 self._peer_check.stop()
 
     def _check_peer(self) -> None:
-        sock = _socket_of(self.network)
-        if sock is None:
+        reader = _reader_of(self.network)
+        if reader is None:
             return
+        sock = reader.socket
         if peer_gone(sock, self.length - self.received):
             self._peer_check.stop()
             self.network.abortConnection()
@@ -189,8 +213,8 @@ def peer_gone(sock: socket.socket, missing: int) -> bool:
     return queued[0] < missing
 
 
-def _socket_of(transport):
-    """The socket under a transport (TCP, or TLS over TCP), if there is one."""
+def _reader_of(transport):
+    """The transport that reads the socket under a transport (TCP, or TLS over TCP), if there is one."""
     while transport is not None and not hasattr(transport, "socket"):
         transport = getattr(transport, "transport", None)
-    return getattr(transport, "socket", None)
+    return transport

@@ -260,6 +260,23 @@ def unsent_stalls(sock: socket.socket, seconds: float = 0.3) -> bool:
     return before > 0 and unsent(sock) == before
 
 
+def send_until_stalled(sock: socket.socket, limit: int = 32 * MiB, piece: int = 64 * 1024) -> bool:
+    """Send as fast as the connection takes it until the peer stops reading (L{unsent_stalls}); whether it did within C{limit} bytes."""
+    timeout = sock.gettimeout()
+    sock.setblocking(False)
+    data, sent = b"x" * piece, 0
+    try:
+        while sent < limit:
+            try:
+                sent += sock.send(data)
+            except BlockingIOError:
+                if unsent_stalls(sock):
+                    return True
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
 def recv_until(sock: socket.socket, marker: bytes, reads: int = 100) -> bytes:
     """What the socket receives until C{marker} has arrived (at most C{reads} reads); fails if it does not."""
     data = bytearray()

@@ -273,11 +273,13 @@ def start_deaf_upload(port: int, run: Run) -> tuple[socket.socket, procfs.Tracke
         raise
 
 
-def send_until_not_read(sock: socket.socket, port: int, limit: int = MiB) -> int:
+def send_until_not_read(sock: socket.socket, port: int, limit: int = 4 * MiB) -> int:
     """
     Send the body in pieces, each wholly taken by the server's kernel
     before the next, until the server has stopped reading the connection
     (its receive queue holds bytes and does not move); the bytes sent.
+    Before it stops, the server fills the script's stdin pipe and holds
+    one read, a MiB each (UPLOAD_CHUNK_BYTES).
     """
     client_port = sock.getsockname()[1]
 

@@ -32,7 +32,7 @@ from tests.http import (
     request,
     reset,
     split_head,
-    unsent_stalls,
+    send_until_stalled,
 )
 from tests.procfs import Pids, gone, unchanged
 from tests.server import MARGIN_SECONDS, assert_clean_exit, assert_log_clean, exited, wait_log
@@ -201,16 +201,17 @@ def test_client_gone_while_script_silent(gone_server, pids, close):
     assert_client_gone_stops(gone_server, pids, processes)
 
 
-def send_half_an_upload(sock, target: str) -> None:
-    """
-    Send the headers of a 4 MiB upload and its first 2 MiB: more than the
-    pipe and the server's read hold, so a script that does not read makes
-    the server stop reading the connection.
-    """
+def send_upload_head(sock, target: str) -> None:
+    """Send the headers of a 64 MiB upload."""
     sock.sendall(
         f"POST {target} HTTP/1.1\r\nHost: x\r\n".encode()
-        + b"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
+        + b"Content-Type: application/octet-stream\r\nContent-Length: 67108864\r\n\r\n"
     )
+
+
+def send_half_an_upload(sock, target: str) -> None:
+    """Send the headers of a 64 MiB upload and its first 2 MiB."""
+    send_upload_head(sock, target)
     sock.sendall(b"x" * (2 * MiB))
 
 
@@ -232,9 +233,10 @@ def test_client_gone_mid_upload_script_not_reading(gone_server, pids):
     # while a reset reaches the server's socket at once.
     sock = connect(gone_server.port)
     try:
-        send_half_an_upload(sock, "/silent-deaf.sh")
+        send_upload_head(sock, "/silent-deaf.sh")
         processes = pids.read("silent"), pids.read("silent.child")
-        assert procfs.wait_until(lambda: unsent_stalls(sock), 5), "the server kept reading the body"
+        # More than the script's pipe, the server's read and the kernel's buffers hold.
+        assert send_until_stalled(sock), "the server kept reading the body"
     finally:
         reset(sock)
     assert_client_gone_stops(gone_server, pids, processes)

@@ -519,7 +519,8 @@ def test_warm_upload_streamed_byte_exact(server):
 
 def test_warm_upload_back_pressure(server, pids):
     """While a warm script does not read its stdin the server stops reading the upload; once it reads, the whole body arrives."""
-    body = random.Random(8).randbytes(8 * MiB)
+    # More than the script's pipe, the server's read and both kernels' buffers hold.
+    body = random.Random(8).randbytes(32 * MiB)
     with Connection(server.port) as connection:
         connection.send(
             b"POST /pressure.py HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"

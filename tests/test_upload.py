@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
 import socket
 import struct
 
@@ -11,7 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cgiserve.upload import PEER_CHECK_SECONDS, FileBody, StreamedBody, peer_gone
+from cgiserve.upload import PEER_CHECK_SECONDS, UPLOAD_CHUNK_BYTES, FileBody, StreamedBody, peer_gone
 
 # The Content-Length the streamed bodies here were announced with.
 BODY_LENGTH = 1000
@@ -24,10 +26,12 @@ class FakeStdin:
     process and the network can be checked.
     """
 
-    def __init__(self, events: list) -> None:
+    def __init__(self, events: list, pipes=None) -> None:
         self.events = events
         self.producer = None
         self.streaming = None
+        # The process's pipes by child descriptor, as Twisted's Process has them.
+        self.pipes = pipes or {}
 
     def registerProducer(self, producer, streaming: bool) -> None:
         assert self.producer is None, "a producer is registered already"
@@ -378,3 +382,54 @@ def test_peer_gone_counts_what_is_still_owed(sent, shut_down, missing, gone):
         if shut_down:
             client.shutdown(socket.SHUT_WR)
         assert peer_gone(server, missing) is gone
+
+
+class _PipeEnd:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class _ReadingTransport(FakeNetwork):
+    """A network transport that reads a socket, with Twisted's class-wide read size."""
+
+    bufferSize = 65536
+    socket = None
+
+
+class ChunkSizeTests(SynchronousTestCase):
+    """A streamed upload moves in reads and pipe writes of UPLOAD_CHUNK_BYTES."""
+
+    def test_stdin_pipe_widened(self):
+        """Attaching widens the script's stdin pipe to UPLOAD_CHUNK_BYTES."""
+        read_end, write_end = os.pipe()
+        self.addCleanup(os.close, read_end)
+        self.addCleanup(os.close, write_end)
+        events: list = []
+        body = StreamedBody(FakeNetwork(events), BODY_LENGTH, clock=Clock())
+        body.attach(FakeStdin(events, {0: _PipeEnd(write_end)}))
+        self.assertEqual(fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ), UPLOAD_CHUNK_BYTES)
+
+    def test_reads_widened_for_the_upload_only(self):
+        """The connection reads UPLOAD_CHUNK_BYTES at a time while the body comes, its usual size after."""
+        events: list = []
+        network = _ReadingTransport(events)
+        body = StreamedBody(network, BODY_LENGTH, clock=Clock())
+        self.assertEqual(network.bufferSize, UPLOAD_CHUNK_BYTES)
+        body.attach(FakeStdin(events))
+        body.write(b"x" * BODY_LENGTH)
+        body.finish()
+        self.assertEqual(network.bufferSize, 65536)
+        self.assertNotIn("bufferSize", vars(network))
+
+    def test_abandoned_upload_narrows_reads(self):
+        """An upload abandoned halfway also gives the connection back its usual read size."""
+        events: list = []
+        network = _ReadingTransport(events)
+        body = StreamedBody(network, BODY_LENGTH, clock=Clock())
+        body.attach(FakeStdin(events))
+        body.abandon()
+        self.assertNotIn("bufferSize", vars(network))
+
