@@ -95,7 +95,7 @@ def parse_args():
 def ensure_tools(servers):
     """apt-get install wrk, gcc and (if used) lighttpd when missing."""
     wanted = {"wrk": "wrk", "gcc": "gcc"}
-    if "lighttpd" in servers:
+    if any(name.startswith("lighttpd") for name in servers):
         wanted["lighttpd"] = "lighttpd"
     missing = [pkg for cmd, pkg in wanted.items() if not shutil.which(cmd)]
     if missing:

@@ -23,8 +23,7 @@ server.port = {port}
 server.modules = ("mod_cgi")
 server.errorlog = "{workdir}/lighttpd-error.log"
 server.upload-dirs = ("{workdir}")
-server.stream-request-body = 2
-server.stream-response-body = 2
+{request_body}server.stream-response-body = 2
 cgi.assign = (".cgi" => "")
 mimetype.assign = (".txt" => "text/plain")
 """
@@ -76,11 +75,14 @@ def _twistd_web(root, port, workdir):
                     "--listen", f"tcp:{port}:interface={HOST}"), {}
 
 
-def _lighttpd(root, port, workdir):
-    conf = os.path.join(workdir, "lighttpd.conf")
+def _lighttpd(name, root, port, workdir):
+    # lighttpd streams request bodies to the script; lighttpd-spool, as
+    # lighttpd does by default, writes them to a file first, then runs it.
+    conf = os.path.join(workdir, f"{name}.conf")
+    request_body = "" if name == "lighttpd-spool" else "server.stream-request-body = 2\n"
     with open(conf, "w") as f:
         f.write(LIGHTTPD_CONF.format(root=root, host=HOST, port=port,
-                                     workdir=workdir))
+                                     workdir=workdir, request_body=request_body))
     return ["lighttpd", "-D", "-f", conf], {}
 
 
@@ -93,7 +95,8 @@ def _http_server(root, port, workdir):
 COMMANDS = {
     **{name: functools.partial(_cgiserve, name) for name in WORKERS},
     "twistd-web": _twistd_web,
-    "lighttpd": _lighttpd,
+    "lighttpd": functools.partial(_lighttpd, "lighttpd"),
+    "lighttpd-spool": functools.partial(_lighttpd, "lighttpd-spool"),
     "http.server": _http_server,
 }
 
