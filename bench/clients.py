@@ -143,6 +143,39 @@ def upload(port, path, size, timeout=60):
     return elapsed
 
 
+def fast_download(port, path, size, timeout=60):
+    """GET ``path`` and read it as fast as it comes, to the server's close.
+
+    Returns the wall time in seconds. The body must hold ``size`` bytes
+    (with chunk framing, if any, at most 1% more).
+    """
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    try:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        start = time.monotonic()
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        head, _, body = head.partition(b"\r\n\r\n")
+        if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+            raise CheckError(f"GET {path}: {head[:80]!r}")
+        got = len(body)
+        while chunk := sock.recv(MiB):
+            got += len(chunk)
+            if time.monotonic() - start > timeout:
+                raise CheckError(f"GET {path}: download over {timeout} s")
+        elapsed = time.monotonic() - start
+    finally:
+        sock.close()
+    if not size <= got <= size * 1.01:
+        raise CheckError(f"GET {path}: {got} bytes for {size}")
+    return elapsed
+
+
 def slow_download(port, path, rate, seconds, on_end):
     """GET ``path`` with a small receive buffer, reading ``rate`` bytes/s.
 

@@ -301,6 +301,17 @@ def bench_bodies(server, args, big):
     except (clients.CheckError, OSError) as e:
         mem["upload s"] = f"FAIL: {e}"[:100]
 
+    print(f"  fast download {docroot.BIG_BYTES // MiB} MiB", flush=True)
+    try:
+        cpu = sum(procfs.cpu_seconds(pid) for pid in pids)
+        elapsed = clients.fast_download(server.port, "/cgi-bin/big.cgi",
+                                        docroot.BIG_BYTES)
+        cpu = sum(procfs.cpu_seconds(pid) for pid in pids) - cpu
+        mem.update({"download s": f"{elapsed:.2f}",
+                    "download CPU ms/MiB": f"{cpu * 1000 / (docroot.BIG_BYTES / MiB):.2f}"})
+    except (clients.CheckError, OSError) as e:
+        mem["download s"] = f"FAIL: {e}"[:100]
+
     print(f"  slow download for {args.download_s} s", flush=True)
     base = server.rss()
     wrote = {}
@@ -509,11 +520,12 @@ def workers_line(names):
 
 def big_table(big, args):
     cols = ["idle RSS", "upload s", "upload peak RSS +", "upload spooled",
-            "download ahead", "download peak RSS +",
+            "download s", "download CPU ms/MiB", "download ahead", "download peak RSS +",
             "CGI gone 5 s after close", "RSS after"]
     rows = [[server] + [m.get(c, "") for c in cols] for server, m in big.items()]
     cols[1] = f"upload {args.upload_mib} MiB s"
-    cols[4] = f"script ahead of 1 MiB/s client after {args.download_s} s"
+    cols[4] = f"download {docroot.BIG_BYTES // MiB} MiB s"
+    cols[6] = f"script ahead of 1 MiB/s client after {args.download_s} s"
     return report.table(["server"] + cols, rows)
 
 
