@@ -18,7 +18,7 @@ from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form
 from cgiserve.process import ScriptProtocol
 from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
 from cgiserve.runner import Busy, ScriptRunner
-from cgiserve.upload import FileBody
+from cgiserve.upload import FileBody, socket_transport
 
 # RFC 3875 6.2.2 lets a script hand a request back to the server; a chain
 # longer than this is a loop.
@@ -62,6 +62,13 @@ def request_facts(request, script: str, config: ServerConfig) -> RequestFacts:
     )
 
 
+# A script's output read in full reads makes a big response: its
+# connection then sends in writes of this size, not Twisted's 128 KiB, and
+# pauses the script only with this much unsent (still one read's worth).
+BIG_READ_BYTES = 64 * 1024
+WIDE_WRITE_BYTES = 1024 * 1024
+
+
 class ResponseWriter:
     """
     The HTTP side of a script run: writes the script's response to the
@@ -86,6 +93,7 @@ class ResponseWriter:
         self.producer = None
         self.remaining: int | None = None
         self.overflowed = False
+        self._widened = None
         request.notifyFinish().addErrback(self._client_gone)
 
     def _client_gone(self, _failure) -> None:
@@ -162,9 +170,26 @@ class ResponseWriter:
             self.remaining -= len(data)
         if not self._active() or not data:
             return
+        if len(data) >= BIG_READ_BYTES and self._widened is None:
+            self._widen()
         self.request.write(data)
         if self.remaining == 0:
             self._complete()
+
+    def _widen(self) -> None:
+        """Send a big response in big writes, until it is over."""
+        transport = socket_transport(self.request.channel.transport)
+        if transport is None:
+            self._widened = False
+            return
+        self._widened = transport
+        transport.SEND_LIMIT = transport.bufferSize = WIDE_WRITE_BYTES
+        self.request.notifyFinish().addBoth(self._narrow)
+
+    def _narrow(self, _result) -> None:
+        """The response is over (or its client gone): the connection's usual writes again."""
+        for name in ("SEND_LIMIT", "bufferSize"):
+            vars(self._widened).pop(name, None)
 
     def raw_received(self, data: bytes) -> None:
         if not self._active():

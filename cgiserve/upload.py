@@ -73,7 +73,7 @@ class StreamedBody:
         if clock is None:
             from twisted.internet import reactor as clock
         self.network = network
-        self._reader = _reader_of(network)
+        self._reader = socket_transport(network)
         if self._reader is not None:
             self._reader.bufferSize = UPLOAD_CHUNK_BYTES
         self.length = length
@@ -164,7 +164,7 @@ class StreamedBody:
     def _narrow(self) -> None:
         """Back to the connection's usual reads, for the requests that follow on it."""
         if self._reader is not None:
-            del self._reader.bufferSize
+            vars(self._reader).pop("bufferSize", None)
             self._reader = None
 
     def _pause(self) -> None:
@@ -182,7 +182,7 @@ class StreamedBody:
                 self._peer_check.stop()
 
     def _check_peer(self) -> None:
-        reader = _reader_of(self.network)
+        reader = socket_transport(self.network)
         if reader is None:
             return
         sock = reader.socket
@@ -213,8 +213,8 @@ def peer_gone(sock: socket.socket, missing: int) -> bool:
     return queued[0] < missing
 
 
-def _reader_of(transport):
-    """The transport that reads the socket under a transport (TCP, or TLS over TCP), if there is one."""
+def socket_transport(transport):
+    """The transport that owns the socket under a transport (TCP, or TLS over TCP), if there is one."""
     while transport is not None and not hasattr(transport, "socket"):
         transport = getattr(transport, "transport", None)
     return transport

@@ -702,3 +702,22 @@ def test_content_length_respected(server):
     assert response.header("Transfer-Encoding") is None
     assert response.body == b"hello"
     assert response.raw.endswith(b"\r\n\r\nhello")
+
+
+def test_big_responses_arrive_exact_and_the_connection_serves_on(server, root):
+    """A 24 MiB response (sent in big writes), with and without Content-Length, arrives byte for byte; small ones follow on the connection."""
+    data = random.Random(24).randbytes(24 * 1024 * 1024)
+    (root / "big.bin").write_bytes(data)
+    write_script(root, "big-chunked.sh", sh(f"printf 'Content-Type: application/octet-stream\\n\\n'\nexec cat {root}/big.bin"))
+    write_script(
+        root,
+        "big-length.sh",
+        sh(f"printf 'Content-Type: application/octet-stream\\nContent-Length: {len(data)}\\n\\n'\nexec cat {root}/big.bin"),
+    )
+    with Connection(server.port) as connection:
+        for name in ("big-chunked.sh", "big-length.sh"):
+            response = connection.request("GET", f"/{name}")
+            assert response.status == 200
+            assert hashlib.sha256(response.body).digest() == hashlib.sha256(data).digest()
+            small = connection.request("GET", "/method.sh")
+            assert (small.status, small.body) == (200, b"GET")
