@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import functools
 import os
 import platform
 import sys
 
-from twisted.internet import main, process
+from twisted.internet import abstract, main, process
 from twisted.internet._baseprocess import BaseProcess
 
 # glibc's <spawn.h> flags (stable ABI since glibc 2.26 added SETSID).
@@ -85,20 +87,53 @@ def posix_spawn(
     global _attributes
     if _attributes is None:
         _attributes = _spawn_attributes()
-    actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
-    _check(_libc.posix_spawn_file_actions_init(actions), "file actions")
-    try:
-        for child, parent in sorted(fdmap.items()):
-            _check(_libc.posix_spawn_file_actions_adddup2(actions, parent, child), "dup2")
-        _check(_libc.posix_spawn_file_actions_addclosefrom_np(actions, len(fdmap)), "closefrom")
-        _check(_libc.posix_spawn_file_actions_addchdir_np(actions, cwd), "chdir")
-        pid = ctypes.c_int()
-        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*argv, None)
-        c_envp = (ctypes.c_char_p * (len(envp) + 1))(*envp, None)
-        _check(_spawn(ctypes.byref(pid), executable, actions, _attributes, c_argv, c_envp), os.fsdecode(executable))
-        return pid.value
-    finally:
-        _libc.posix_spawn_file_actions_destroy(actions)
+    actions = _file_actions(tuple(sorted(fdmap.items())), cwd)
+    pid = ctypes.c_int()
+    result = _spawn(ctypes.byref(pid), executable, actions.buffer, _attributes, _c_strings(argv), _c_strings(envp))
+    if result:
+        _check(result, os.fsdecode(executable))
+    return pid.value
+
+
+class _FileActions:
+    """
+    posix_spawn file actions: the child's descriptors C{fds} (child, parent),
+    no others, and its directory C{cwd}; glibc's storage is freed with this.
+    """
+
+    def __init__(self, fds: tuple[tuple[int, int], ...], cwd: bytes) -> None:
+        self.buffer = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        # Kept for __del__, which may run as the interpreter shuts down.
+        self._destroy = _libc.posix_spawn_file_actions_destroy
+        _check(_libc.posix_spawn_file_actions_init(self.buffer), "file actions")
+        for child, parent in fds:
+            _check(_libc.posix_spawn_file_actions_adddup2(self.buffer, parent, child), "dup2")
+        _check(_libc.posix_spawn_file_actions_addclosefrom_np(self.buffer, len(fds)), "closefrom")
+        _check(_libc.posix_spawn_file_actions_addchdir_np(self.buffer, cwd), "chdir")
+
+    def __del__(self) -> None:
+        # Safe on a buffer init never reached: glibc frees a NULL list.
+        self._destroy(self.buffer)
+
+
+# Made once per set of descriptor numbers and directory rather than per
+# script: glibc checks each descriptor against RLIMIT_NOFILE with a system
+# call, seven per script. The kernel hands out the lowest free numbers, so
+# a busy server reuses a few hundred sets.
+@functools.lru_cache(maxsize=256)
+def _file_actions(fds: tuple[tuple[int, int], ...], cwd: bytes) -> _FileActions:
+    """The L{_FileActions} for C{fds} and C{cwd}, made on first use."""
+    return _FileActions(fds, cwd)
+
+
+def _c_strings(strings: list[bytes]):
+    """
+    A NULL-terminated C{char *} array of C{strings}; filled by slice, which
+    ctypes does at half the cost of converting them as arguments.
+    """
+    array = (ctypes.c_char_p * (len(strings) + 1))()
+    array[: len(strings)] = strings
+    return array
 
 
 _attributes = None
@@ -116,6 +151,16 @@ class OutputReader(process.ProcessReader):
     """
 
     reading = False
+
+    def __init__(self, reactor, proc, name, fileno):
+        # Twisted's, less its F_GETFL: the end of a new pipe has no status
+        # flags for F_SETFL to keep.
+        abstract.FileDescriptor.__init__(self, reactor)
+        fcntl.fcntl(fileno, fcntl.F_SETFL, os.O_NONBLOCK)
+        self.proc = proc
+        self.name = name
+        self.fd = fileno
+        self.startReading()
 
     def startReading(self):
         self.reading = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -122,3 +123,11 @@ def test_read_error_is_a_lost_connection(pipe):
     os.close(pipe["read"])
     pipe["read"] = None
     assert reader.doRead() is main.CONNECTION_LOST
+
+
+def test_reads_without_blocking(pipe):
+    """The reader's end is non-blocking, as Twisted makes it, and keeps its access mode."""
+    reader_on(pipe, Recorder())
+    flags = fcntl.fcntl(pipe["read"], fcntl.F_GETFL)
+    assert flags & os.O_NONBLOCK
+    assert flags & os.O_ACCMODE == os.O_RDONLY

@@ -191,3 +191,19 @@ def test_fork_fallback_also_gives_session_and_directory():
         assert json.loads(result.stdout) == {"leads": True, "cwd": directory}
     finally:
         os.rmdir(directory)
+
+
+def test_file_actions_are_made_once_per_descriptors_and_directory():
+    """Scripts started on the same descriptor numbers in the same directory share prepared file actions."""
+    fds = ((0, 10), (1, 11), (2, 12))
+    assert spawn._file_actions(fds, b"/tmp") is spawn._file_actions(fds, b"/tmp")
+    assert spawn._file_actions(fds, b"/") is not spawn._file_actions(fds, b"/tmp")
+    assert spawn._file_actions(((0, 10), (1, 12), (2, 11)), b"/tmp") is not spawn._file_actions(fds, b"/tmp")
+
+
+def test_children_on_reused_descriptors_each_get_their_own_directory(tmp_path):
+    """Prepared file actions started again on the same pipes still put each child where it was asked."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    assert [run(str(cwd))["cwd"] for cwd in (first, second, first)] == [str(first), str(second), str(first)]
