@@ -62,10 +62,14 @@ class ScriptRunner(service.Service):
         """
         if self._grace_over:
             return defer.fail(Busy("the server is shutting down"))
-        if self.slots.tokens == 0 and len(self.slots.waiting) >= self.max_queue:
+        if self.slots.tokens:
+            # A free slot: taken at once, without the queue's Deferreds.
+            self.slots.tokens -= 1
+            return defer.succeed(self._spawn(protocol, executable, argv, env, cwd, stdin))
+        if len(self.slots.waiting) >= self.max_queue:
             return defer.fail(Busy(f"all {self.slots.limit} script slots busy and {self.max_queue} requests queued"))
         waiting = self.slots.acquire()
-        if self.queue_timeout and not waiting.called:
+        if self.queue_timeout:
             waiting.addTimeout(self.queue_timeout, self.reactor)
 
         def not_started(failure):
@@ -74,14 +78,19 @@ class ScriptRunner(service.Service):
             failure.trap(defer.CancelledError)
             raise Busy("left the queue (client gone or server stopping)")
 
-        def spawn(_):
-            self.active.add(protocol)
-            protocol.done.addBoth(self._ended, protocol)
-            spawning = defer.maybeDeferred(self.spawner, self.reactor, protocol, executable, argv, env, cwd, stdin)
-            spawning.addErrback(protocol.spawn_failed)
-            return protocol
+        return waiting.addCallbacks(lambda _: self._spawn(protocol, executable, argv, env, cwd, stdin), not_started)
 
-        return waiting.addCallbacks(spawn, not_started)
+    def _spawn(self, protocol, executable, argv, env, cwd, stdin):
+        """Spawn a script in the slot it holds, which its C{done} frees; failing to start is the protocol's to hear."""
+        self.active.add(protocol)
+        protocol.done.addBoth(self._ended, protocol)
+        try:
+            spawning = self.spawner(self.reactor, protocol, executable, argv, env, cwd, stdin)
+        except BaseException:
+            spawning = defer.fail()
+        if isinstance(spawning, defer.Deferred):
+            spawning.addErrback(protocol.spawn_failed)
+        return protocol
 
     def _ended(self, result, protocol):
         self.active.discard(protocol)

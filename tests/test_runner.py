@@ -277,6 +277,18 @@ class SpawnFailureTests(ScriptRunnerTestCase):
         self.assertEqual([e.errno for e in s1.spawn_failures], [errno.ENOENT])
         self.assertIs(self.successResultOf(behind), s2)
 
+    def test_later_spawn_failure_goes_to_the_protocol(self):
+        """A spawner that answers later (warm Python's hand-over) reports its failure to spawn_failed too."""
+        self.make_runner()
+        s0 = self.scripts[0]
+        handed_over = Deferred()
+        self.runner.spawner = lambda *args: handed_over
+        self.assertIs(self.successResultOf(self.start(s0)), s0)
+        self.assertEqual(s0.spawn_failures, [])
+        handed_over.errback(OSError(errno.EAGAIN, "Resource temporarily unavailable"))
+        self.assertEqual([e.errno for e in s0.spawn_failures], [errno.EAGAIN])
+        self.assertEqual(self.runner.active, set())
+
 
 class StopServiceTests(ScriptRunnerTestCase):
     """Stopping the runner: a grace period for the scripts of the requests still being answered, Busy after it."""
