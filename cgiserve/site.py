@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from urllib.parse import parse_qs
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.logger import Logger
-from twisted.web import http, pages, server
+from twisted.python import failure
+from twisted.web import http, pages, resource, server
+from twisted.web.http_headers import Headers
 
 from cgiserve.config import SERVER_SOFTWARE, MiB, ServerConfig
 from cgiserve.paths import BadPath, path_segments, split_target
@@ -27,6 +30,20 @@ _ID_COUNTER = itertools.count(1)
 def new_request_id() -> str:
     """A fresh request id."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+# The Date header of this second: it is formatted once a second, not per response.
+_date_second = None
+_date = b""
+
+
+def http_date() -> bytes:
+    """Now, as the Date header gives it (what Twisted's datetimeToString gives for now)."""
+    global _date_second, _date
+    second = int(time.time())
+    if second != _date_second:
+        _date_second, _date = second, http.datetimeToString(second)
+    return _date
 
 
 # A response sent before the request was read to its end is followed by a
@@ -91,9 +108,30 @@ class Request(server.Request):
     access_logged = False
 
     def process(self):
+        """
+        Twisted's C{process}, less what it would redo for every request:
+        its own Server header (ours is set instead), a Date formatted
+        afresh, and a postpath that the Site computes itself.
+        """
         if not self.request_id:
             self.request_id = new_request_id()
-        super().process()
+        if self.path == b"*":
+            # OPTIONS * and the like: Twisted's own answer.
+            super().process()
+            return
+        self.site = self.channel.site
+        self.setHeader(b"Server", _SERVER)
+        self.setHeader(b"Date", http_date())
+        self.prepath = []
+        try:
+            target = self.site.getResourceFor(self)
+            if resource._IEncodingResource.providedBy(target):
+                encoder = target.getEncoder(self)
+                if encoder is not None:
+                    self._encoder = encoder
+            self.render(target)
+        except BaseException:
+            self.processingFailed(failure.Failure())
 
     def gotLength(self, length):
         max_body = self.channel.site.config.max_body
@@ -113,6 +151,8 @@ class Request(server.Request):
         except BadPath:
             return False  # answered (and logged) once the body is in
         self.request_id = new_request_id()
+        # Before the Site adds X-Request-Id, as process() would: the headers keep their order.
+        self.setHeader(b"Server", _SERVER)
         target = channel.site.getResourceFor(self)
         if not getattr(target, "streams_body", lambda request: False)(self):
             return False
@@ -191,6 +231,8 @@ class Channel(http.HTTPChannel):
     _header_call = None
     _awaiting_headers = True
     _host = None
+    _peer = None
+    _secure = None
     _linger_call = None
     _lingered = 0
     # Set by a drain: every answer from then on closes the connection.
@@ -207,6 +249,32 @@ class Channel(http.HTTPChannel):
         if self._host is None:
             self._host = super().getHost()
         return self._host
+
+    def getPeer(self):
+        # Asked once per request; nor does its peer's (which, behind the
+        # PROXY protocol, is known before the first request).
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
+
+    def isSecure(self):
+        # Asked once per script run; Twisted's answer is an adapter lookup,
+        # and a connection's transport never changes.
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
+
+    def writeHeaders(self, version, code, reason, headers):
+        """Twisted's status line and header block, as one write rather than a sequence of some thirty pieces."""
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        block = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                block.extend((name, b": ", value, b"\r\n"))
+        block.append(b"\r\n")
+        self.transport.write(b"".join(block))
 
     def dataReceived(self, data):
         if self._linger_call is not None:
@@ -428,8 +496,6 @@ class Site(server.Site):
     def getResourceFor(self, request):
         if self.access_log is not None:
             self.access_log.watch(request)
-        # Request.process has just set Twisted's own Server header.
-        request.setHeader(b"Server", _SERVER)
         request.setHeader(b"X-Request-Id", request.request_id.encode("ascii"))
         try:
             authority, request.path = split_target(request.path)

@@ -1,17 +1,19 @@
-"""Tests for cgiserve.site's connections: oversized and malformed requests answered, lingering closes, draining."""
+"""Tests for cgiserve.site's connections: oversized and malformed requests answered, lingering closes, draining, response heads."""
 
 from __future__ import annotations
 
 import tempfile
+import time
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web import resource, server
+from twisted.web import http, resource, server
+from twisted.web.http_headers import Headers
 
-from cgiserve.config import ServerConfig
-from cgiserve.site import FIRST_REQUEST_SECONDS, LINGER_BYTES, LINGER_SECONDS, Channel, Site, error_response
+from cgiserve.config import SERVER_SOFTWARE, ServerConfig
+from cgiserve.site import FIRST_REQUEST_SECONDS, LINGER_BYTES, LINGER_SECONDS, Channel, Site, error_response, http_date
 
 MAX_BODY = 1000
 
@@ -244,3 +246,48 @@ def test_error_response_is_complete(status, phrase, text):
     assert b"Connection: close" in lines
     assert b"Content-Length: %d" % len(body) in lines
     assert body == text.encode() + b"\n"
+
+
+class ResponseHeadTests(ConnectionTestCase):
+    """The head of a response: our Server header, then Date, then X-Request-Id, in one write."""
+
+    def test_head_starts_with_server_date_and_request_id(self):
+        """A request's answer names this server, the time and the request, in that order."""
+        self.connection.dataReceived(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        [request] = self.resource.requests
+        request.write(b"body")
+        lines = self.transport.value().split(b"\r\n")
+        self.assertEqual(lines[0], b"HTTP/1.1 200 OK")
+        self.assertEqual([line.split(b":")[0] for line in lines[1:4]], [b"Server", b"Date", b"X-Request-Id"])
+        self.assertEqual(lines[1], b"Server: " + SERVER_SOFTWARE.encode())
+
+    def test_head_is_what_twisted_would_write(self):
+        """writeHeaders gives the bytes of Twisted's own, in one write."""
+        headers = Headers({b"A": [b"1", b"2"], b"B": [b"3"]})
+        self.channel.writeHeaders(b"HTTP/1.1", b"200", b"OK", headers)
+        ours = self.transport.value()
+        self.transport.clear()
+        http.HTTPChannel.writeHeaders(self.channel, b"HTTP/1.1", b"200", b"OK", headers)
+        self.assertEqual(ours, self.transport.value())
+
+    def test_star_gets_twisteds_answer(self):
+        """OPTIONS * is answered as Twisted answers it, without the resource tree."""
+        self.connection.dataReceived(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(self.resource.requests, [])
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"Server: " + server.version, self.transport.value())
+
+    def test_addresses_and_security_are_asked_once(self):
+        """The channel keeps its transport's answers: they never change on one connection."""
+        self.assertIs(self.channel.getPeer(), self.channel.getPeer())
+        self.assertIs(self.channel.getHost(), self.channel.getHost())
+        self.assertFalse(self.channel.isSecure())
+        self.assertEqual(self.channel.getPeer(), IPv4Address("TCP", "127.0.0.1", 50000))
+
+
+def test_http_date_is_twisteds_for_now(monkeypatch):
+    """The cached Date is what Twisted formats for the current second, and follows the clock."""
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.75)
+    assert http_date() == http.datetimeToString(1_700_000_000)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_001.25)
+    assert http_date() == b"Tue, 14 Nov 2023 22:13:21 GMT"
