@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -40,6 +41,18 @@ def client_end(client) -> tuple[str, int | None]:
     return (UNIX_ADDR if isinstance(client, UNIXAddress) else ""), None
 
 
+# Clients send the same few Host headers over and over; the cache is kept
+# small, as each entry may be as long as a request head.
+@functools.lru_cache(maxsize=128)
+def _host_header(value: bytes) -> tuple[str | None, bytes | None]:
+    """A Host header's name, in lower case, and port; (None, None) if it is malformed."""
+    match = _HOST_HEADER.fullmatch(value)
+    if match is None:
+        return None, None
+    # Host names are case-insensitive (RFC 9110 4.2.3); Apache lowers them too.
+    return os.fsdecode(match.group("name")).lower(), match.group("port")
+
+
 def connection_ends(client, server, host_header: bytes | None, secure: bool) -> Ends:
     """
     REMOTE_ADDR, REMOTE_PORT, SERVER_ADDR, SERVER_PORT and SERVER_NAME for
@@ -53,13 +66,7 @@ def connection_ends(client, server, host_header: bytes | None, secure: bool) -> 
     socket, which has no ports, SERVER_PORT is the Host header's port, else
     the scheme's default, so that scripts can still build their own URLs.
     """
-    name = port = None
-    if host_header is not None:
-        match = _HOST_HEADER.fullmatch(host_header)
-        if match is not None:
-            # Host names are case-insensitive (RFC 9110 4.2.3); Apache lowers them too.
-            name = os.fsdecode(match.group("name")).lower()
-            port = match.group("port")
+    name, port = _host_header(host_header) if host_header is not None else (None, None)
     remote_addr, remote_port = client_end(client)
     if isinstance(server, (IPv4Address, IPv6Address)):
         literal = f"[{server.host}]" if ":" in server.host else server.host

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -26,8 +28,13 @@ _HEADER_NAME = re.compile(rb"[A-Za-z0-9-]+")
 # Headers that never become HTTP_* variables: the body's own headers are
 # CONTENT_TYPE and CONTENT_LENGTH already, and the script reads a body
 # already de-chunked; "Proxy" would set HTTP_PROXY, which many HTTP
-# clients read as their proxy (httpoxy, CVE-2016-5385).
-_NEVER_PASSED = frozenset({b"content-type", b"content-length", b"transfer-encoding", b"proxy"})
+# clients read as their proxy (httpoxy, CVE-2016-5385). Given as the
+# variables they would become: each stands for one name, in any case.
+_NEVER_PASSED = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH", "HTTP_TRANSFER_ENCODING", "HTTP_PROXY"})
+
+# os.fsdecode's codec, looked up once rather than per value.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 
 @dataclass(frozen=True)
@@ -72,10 +79,13 @@ class EnvironSettings:
 
 
 def _text(value: bytes) -> str:
-    """Decode bytes for the environment without losing any (surrogateescape)."""
-    return os.fsdecode(value)
+    """Decode bytes for the environment without losing any (surrogateescape), as os.fsdecode does."""
+    return value.decode(_FS_ENCODING, _FS_ERRORS)
 
 
+# Clients send the same few header names over and over; the cache is kept
+# small, as each entry may be as long as a request head.
+@functools.lru_cache(maxsize=256)
 def header_variable(name: bytes) -> str | None:
     """
     The HTTP_* variable for a request header name, or None to drop it.
@@ -106,15 +116,12 @@ def build_environ(facts: RequestFacts, settings: EnvironSettings) -> dict[str, s
     """
     env = base_environ(settings)
     for name, values in facts.headers:
-        lowered = name.lower()
-        if lowered in _NEVER_PASSED:
-            continue
-        if lowered == b"authorization" and not settings.pass_auth:
-            continue
         variable = header_variable(name)
-        if variable is None:
+        if variable is None or variable in _NEVER_PASSED:
             continue
-        separator = b"; " if lowered == b"cookie" else b", "
+        if variable == "HTTP_AUTHORIZATION" and not settings.pass_auth:
+            continue
+        separator = b"; " if variable == "HTTP_COOKIE" else b", "
         env[variable] = _text(separator.join(values))
     env.update(
         GATEWAY_INTERFACE=GATEWAY_INTERFACE,

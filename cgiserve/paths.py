@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import unquote_to_bytes
 
@@ -41,12 +42,19 @@ def path_segments(raw_path: bytes) -> list[bytes]:
     A path that climbs above the root, or whose segment decodes to a slash,
     backslash or NUL, raises L{BadPath}.
     """
-    raw_path = split_target(raw_path)[1]
-    if not raw_path.startswith(b"/"):
-        raise BadPath(f"path does not start with '/': {raw_path[:80]!r}")
+    return list(_segments(split_target(raw_path)[1]))
+
+
+# Most requests are for a few paths; the cache is kept small, as each entry
+# may be as long as a request line.
+@functools.lru_cache(maxsize=256)
+def _segments(path: bytes) -> tuple[bytes, ...]:
+    """L{path_segments} of a path without its authority, as a tuple: the cached value is never changed."""
+    if not path.startswith(b"/"):
+        raise BadPath(f"path does not start with '/': {path[:80]!r}")
     segments: list[bytes] = []
     directory = False
-    for raw in raw_path[1:].split(b"/"):
+    for raw in path[1:].split(b"/"):
         segment = unquote_to_bytes(raw)
         if b"/" in segment or b"\\" in segment or b"\0" in segment:
             raise BadPath(f"path segment holds a slash, backslash or NUL: {raw[:80]!r}")
@@ -59,4 +67,4 @@ def path_segments(raw_path: bytes) -> list[bytes]:
             segments.append(segment)
     if directory or not segments:
         segments.append(b"")
-    return segments
+    return tuple(segments)

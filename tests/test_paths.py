@@ -112,3 +112,10 @@ def test_split_target_gives_the_authority_of_an_absolute_form(raw, split):
 def test_bad_path_is_a_value_error():
     """BadPath subclasses ValueError, so callers may catch either."""
     assert issubclass(BadPath, ValueError)
+
+
+def test_segments_are_a_fresh_list_each_time():
+    """The resource tree consumes the segments it is given; the next request for the path gets them all."""
+    segments = path_segments(b"/a/b")
+    segments.pop()
+    assert path_segments(b"/a/b") == [b"a", b"b"]
