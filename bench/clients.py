@@ -143,27 +143,34 @@ def upload(port, path, size, timeout=60):
     return elapsed
 
 
+def _get(sock, port, path):
+    """Send a GET for ``path`` on ``sock`` and read its 200 head; the body bytes read with it."""
+    sock.connect((HOST, port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
+                 "Connection: close\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+        raise CheckError(f"GET {path}: {head[:80]!r}")
+    return body
+
+
 def fast_download(port, path, size, timeout=60):
     """GET ``path`` and read it as fast as it comes, to the server's close.
 
     Returns the wall time in seconds. The body must hold ``size`` bytes
     (with chunk framing, if any, at most 1% more).
     """
-    sock = socket.create_connection((HOST, port), timeout=timeout)
+    sock = socket.socket()
     try:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        sock.settimeout(timeout)
         start = time.monotonic()
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 65536:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            head += chunk
-        head, _, body = head.partition(b"\r\n\r\n")
-        if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-            raise CheckError(f"GET {path}: {head[:80]!r}")
-        got = len(body)
+        got = len(_get(sock, port, path))
         while chunk := sock.recv(MiB):
             got += len(chunk)
             if time.monotonic() - start > timeout:
@@ -187,19 +194,8 @@ def slow_download(port, path, rate, seconds, on_end):
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.settimeout(5)
-        sock.connect((HOST, port))
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        body = _get(sock, port, path)
         start = time.monotonic()
-        data = b""
-        while b"\r\n\r\n" not in data and len(data) < 65536:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
-            raise CheckError(f"GET {path}: {head[:80]!r}")
         got = len(body)
         end = start + seconds
         while (now := time.monotonic()) < end:

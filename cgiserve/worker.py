@@ -10,7 +10,7 @@ afresh, so that the workers a reload starts serve what is on disk now.
 
 from __future__ import annotations
 
-import select
+import os
 import signal
 import sys
 
@@ -33,6 +33,7 @@ class _MasterWatch:
 
     def __init__(self, reactor) -> None:
         self.reactor = reactor
+        os.set_blocking(relay.MASTER_FD, False)
 
     def fileno(self) -> int:
         return relay.MASTER_FD
@@ -46,7 +47,7 @@ class _MasterWatch:
 
     def connectionLost(self, reason) -> None:
         # Also called as the reactor shuts down, with the master still there.
-        if not _readable(relay.MASTER_FD):
+        if not _master_gone():
             return
         _log.warn("The master is gone: stopping")
         try:
@@ -55,11 +56,12 @@ class _MasterWatch:
             pass
 
 
-def _readable(fd: int) -> bool:
-    """Whether a read of C{fd} would not block: for the master's pipe, that it has closed."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+def _master_gone() -> bool:
+    """Whether the master's end of the pipe has closed (it never writes)."""
+    try:
+        return os.read(relay.MASTER_FD, 1) == b""
+    except BlockingIOError:
+        return False
 
 
 class WorkerOptions(Options):
