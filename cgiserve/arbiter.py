@@ -145,6 +145,12 @@ class Worker(protocol.ProcessProtocol):
         except error.ProcessExitedAlready:
             pass
 
+    def forget_deadline(self) -> None:
+        """No longer kill the worker for not serving in time."""
+        if self.ready_call is not None and self.ready_call.active():
+            self.ready_call.cancel()
+        self.ready_call = None
+
     def stop(self) -> None:
         """Ask the worker to drain and exit (SIGTERM), once."""
         if not self.stopping:
@@ -202,13 +208,15 @@ class Arbiter(service.Service):
 
     def _not_ready(self, worker: Worker) -> None:
         worker.ready_call = None
-        self._log.warn("Worker {worker.number} (pid {worker.pid}) not serving {seconds} s after it started: killing it", worker=worker, seconds=READY_SECONDS)
+        self._log.warn(
+            "Worker {worker.number} (pid {worker.pid}) not serving {seconds} s after it started: killing it",
+            worker=worker,
+            seconds=READY_SECONDS,
+        )
         worker.signal("KILL")
 
     def worker_ready(self, worker: Worker) -> None:
-        if worker.ready_call is not None and worker.ready_call.active():
-            worker.ready_call.cancel()
-        worker.ready_call = None
+        worker.forget_deadline()
         worker.ready_at = self.reactor.seconds()
         self._log.info("Worker {worker.number} (pid {worker.pid}) serving", worker=worker)
         if worker.generation > self.generation:
@@ -218,8 +226,7 @@ class Arbiter(service.Service):
 
     def worker_ended(self, worker: Worker, ended: str) -> None:
         self.workers.discard(worker)
-        if worker.ready_call is not None and worker.ready_call.active():
-            worker.ready_call.cancel()
+        worker.forget_deadline()
         if worker.stopping or not self.running:
             self._log.info("Worker {worker.number} (pid {worker.pid}) {ended}", worker=worker, ended=ended)
         elif worker.generation > self.generation:
@@ -306,8 +313,7 @@ class Arbiter(service.Service):
             return defer.succeed(None)
         self._log.info("Stopping workers {numbers}", numbers=_names(workers))
         for worker in workers:
-            if worker.ready_call is not None and worker.ready_call.active():
-                worker.ready_call.cancel()
+            worker.forget_deadline()
             worker.stop()
         kill = self.reactor.callLater(self.stop_seconds, self._kill, workers)
         stopped = defer.DeferredList([worker.ended for worker in workers])
