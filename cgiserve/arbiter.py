@@ -121,11 +121,19 @@ class Worker(protocol.ProcessProtocol):
         if fd == relay.STDOUT_FD:
             self.arbiter.write_stdout(line)
         elif fd == relay.STDERR_FD:
-            self._log.error("Worker {worker.number} (pid {worker.pid}) stderr: {line}", worker=self, line=line.decode("utf-8", "replace").rstrip("\n"))
+            self._log.error(
+                "Worker {worker.number} (pid {worker.pid}) stderr: {line}",
+                worker=self,
+                line=line.decode("utf-8", "replace").rstrip("\n"),
+            )
         else:
             event = relay.worker_event(line, self.number)
             if event is None:
-                self._log.error("Worker {worker.number} (pid {worker.pid}) wrote a log record that is not one: {record!r}", worker=self, record=line)
+                self._log.error(
+                    "Worker {worker.number} (pid {worker.pid}) wrote a log record that is not one: {record!r}",
+                    worker=self,
+                    record=line,
+                )
             elif event.get(relay.READY):
                 self.arbiter.worker_ready(self)
             else:
@@ -329,7 +337,9 @@ class Arbiter(service.Service):
         for worker in workers:
             if worker in self.workers:
                 self._log.warn(
-                    "Worker {worker.number} (pid {worker.pid}) still running {seconds:g} s after SIGTERM: killing it", worker=worker, seconds=self.stop_seconds
+                    "Worker {worker.number} (pid {worker.pid}) still running {seconds:g} s after SIGTERM: killing it",
+                    worker=worker,
+                    seconds=self.stop_seconds,
                 )
                 worker.signal("KILL")
 
