@@ -110,10 +110,11 @@ class ResponseWriter:
             redirect_locally(self.request, response.location, self.script)
             return
         request = self.request
-        named = [value for name, value in response.headers if name.lower() == sendfile.HEADER]
-        if named and self.sendfile_dirs:
-            self._send_file(response, named)
-            return
+        if self.sendfile_dirs:
+            named = [value for name, value in response.headers if name.lower() == sendfile.HEADER]
+            if named:
+                self._send_file(response, named)
+                return
         request.setResponseCode(response.status, response.reason)
         # The server never guesses a type for a script (RFC 3875 6.3.1).
         request.defaultContentType = None

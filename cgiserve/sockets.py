@@ -22,7 +22,7 @@ from cgiserve.listen import CannotListen, reason, server_endpoint
 
 # The endpoint types whose sockets a worker can be handed; haproxy: may wrap any of them.
 SHAREABLE_BASES = ("tcp", "tcp6", "unix", "ssl", "systemd")
-SHAREABLE = "tcp:, tcp6:, unix:, ssl: and systemd: (behind haproxy: or not)"
+SHAREABLE = ", ".join(f"{base}:" for base in SHAREABLE_BASES) + " (behind haproxy: or not)"
 _PROXY = "haproxy:"
 
 
