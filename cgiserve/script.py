@@ -18,6 +18,8 @@ from cgiserve.environ import RequestFacts, build_argv, build_environ, wants_form
 from cgiserve.process import ScriptProtocol
 from cgiserve.response import LOCAL_REDIRECT, ScriptResponse
 from cgiserve.runner import Busy, ScriptRunner
+from cgiserve.spawn import OutputReader
+from cgiserve.splice import Splice
 from cgiserve.upload import FileBody, socket_transport
 
 # RFC 3875 6.2.2 lets a script hand a request back to the server; a chain
@@ -94,10 +96,12 @@ class ResponseWriter:
         self.remaining: int | None = None
         self.overflowed = False
         self._widened = None
+        self.splice: Splice | None = None
         request.notifyFinish().addErrback(self._client_gone)
 
     def _client_gone(self, _failure) -> None:
         self.gone = True
+        self._end_splice()
 
     def _active(self) -> bool:
         return not (self.gone or self.handed_back or self.request.finished)
@@ -171,11 +175,14 @@ class ResponseWriter:
             self.remaining -= len(data)
         if not self._active() or not data:
             return
-        if len(data) >= BIG_READ_BYTES and self._widened is None:
+        big = len(data) >= BIG_READ_BYTES and self._widened is None
+        if big:
             self._widen()
         self.request.write(data)
         if self.remaining == 0:
             self._complete()
+        elif big and self._widened:
+            self._splice_rest()
 
     def _widen(self) -> None:
         """Send a big response in big writes, until it is over."""
@@ -191,6 +198,24 @@ class ResponseWriter:
         """The response is over (or its client gone): the connection's usual writes again."""
         for name in ("SEND_LIMIT", "bufferSize"):
             vars(self._widened).pop(name, None)
+
+    def _splice_rest(self) -> None:
+        """
+        Over a plain socket (no TLS, no HTTP/2, no PROXY wrapper), the rest
+        of a big body goes from the script's pipe to the socket by splice(2).
+        """
+        reader = getattr(self.producer.transport, "pipes", {}).get(1)
+        if self.request.channel.transport is not self._widened or not isinstance(reader, OutputReader):
+            return
+        self.splice = Splice(reader, self._widened, self.request, self, bool(self.request.chunked))
+
+    def spliced(self) -> None:
+        """The splice has moved the last byte of the Content-Length."""
+        self._complete()
+
+    def client_lost(self) -> None:
+        """The splice found the client gone: drop the connection, which stops the script."""
+        self._abort()
 
     def raw_received(self, data: bytes) -> None:
         if not self._active():
@@ -244,7 +269,13 @@ class ResponseWriter:
             # A slow client may have paused the output; nothing waits for it now.
             producer.resumeProducing()
 
+    def _end_splice(self) -> None:
+        if self.splice is not None:
+            self.splice.end()
+            self.splice = None
+
     def _unregister(self) -> None:
+        self._end_splice()
         if self.producer is not None:
             self.producer = None
             self.request.unregisterProducer()
@@ -265,7 +296,7 @@ class ResponseWriter:
     def _abort(self) -> None:
         """Cut the connection so the client sees a truncated response, never a clean end."""
         self.gone = True
-        self._unregister()
+        self._end_splice()
         self.request.channel.transport.abortConnection()
 
 

@@ -151,6 +151,8 @@ class OutputReader(process.ProcessReader):
     """
 
     reading = False
+    # A cgiserve.splice.Splice moving what the pipe holds straight to a socket.
+    splice = None
 
     def __init__(self, reactor, proc, name, fileno):
         # Twisted's, less its F_GETFL: the end of a new pipe has no status
@@ -171,6 +173,8 @@ class OutputReader(process.ProcessReader):
         super().stopReading()
 
     def doRead(self):
+        if self.splice is not None:
+            return self.splice.readable()
         for _ in range(2):
             try:
                 data = os.read(self.fd, self.bufferSize)
@@ -181,9 +185,9 @@ class OutputReader(process.ProcessReader):
             if not data:
                 return main.CONNECTION_DONE
             self.dataReceived(data)
-            if len(data) == self.bufferSize or not self.reading or self.disconnecting:
-                # More is waiting (the next turn reads it), or the response
-                # is paused or given up.
+            if len(data) == self.bufferSize or not self.reading or self.disconnecting or self.splice is not None:
+                # More is waiting (the next turn reads it), the response
+                # is paused or given up, or the kernel moves the rest.
                 return None
         return None
 

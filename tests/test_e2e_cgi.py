@@ -721,3 +721,55 @@ def test_big_responses_arrive_exact_and_the_connection_serves_on(server, root):
             assert hashlib.sha256(response.body).digest() == hashlib.sha256(data).digest()
             small = connection.request("GET", "/method.sh")
             assert (small.status, small.body) == (200, b"GET")
+
+
+def big_script(root: Path, name: str, size: int, declared: int | None = None) -> bytes:
+    """A script writing C{size} random bytes, with a Content-Length of C{declared} if given; returns its data."""
+    data = random.Random(size).randbytes(size)
+    (root / f"{name}.bin").write_bytes(data)
+    length = "" if declared is None else f"Content-Length: {declared}\\n"
+    write_script(root, name, sh(f"printf 'Content-Type: application/octet-stream\\n{length}\\n'\nexec cat {root}/{name}.bin"))
+    return data
+
+
+def test_big_http10_response_ends_with_the_connection(server, root):
+    """A big response without a Content-Length to an HTTP/1.0 client is neither chunked nor cut: it ends when the connection closes."""
+    data = big_script(root, "big-http10.sh", 9 * 1024 * 1024 + 7)
+    with Connection(server.port) as connection:
+        connection.send(build_request("GET", "/big-http10.sh", version="HTTP/1.0", port=server.port))
+        response = connection.read_response()
+    assert response.status == 200
+    assert not response.chunked
+    assert hashlib.sha256(response.body).digest() == hashlib.sha256(data).digest()
+
+
+def test_big_response_beyond_its_content_length_is_cut_to_it(server, root):
+    """A script writing 3 MiB after declaring 2 MiB: the client gets exactly 2 MiB, the rest is dropped with a warning, the connection serves on."""
+    declared = 2 * 1024 * 1024
+    data = big_script(root, "big-over.sh", 3 * 1024 * 1024, declared)
+    with Connection(server.port) as connection:
+        response = connection.request("GET", "/big-over.sh")
+        small = connection.request("GET", "/method.sh")
+    assert response.status == 200
+    assert response.body == data[:declared]
+    assert (small.status, small.body) == (200, b"GET")
+    request_id = response.header("X-Request-Id")
+    assert wait_for(lambda: f"[{request_id}] wrote more than its Content-Length" in server.log())
+
+
+def test_big_response_short_of_its_content_length_is_cut(server, root):
+    """A script ending 1 MiB short of its declared 4 MiB: the connection is cut, so the client never sees a complete response."""
+    big_script(root, "big-short.sh", 3 * 1024 * 1024, 4 * 1024 * 1024)
+    raw = b""
+    with Connection(server.port) as connection:
+        connection.send(build_request("GET", "/big-short.sh", port=server.port))
+        try:
+            while data := connection.sock.recv(1 << 20):
+                raw += data
+        except ConnectionResetError:
+            pass
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert len(body) <= 3 * 1024 * 1024
+    request_id = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"X-Request-Id"].decode()
+    assert wait_for(lambda: f"[{request_id}] ended 1048576 bytes short of its Content-Length" in server.log())
