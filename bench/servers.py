@@ -36,10 +36,12 @@ def _twisted(*args):
 
 
 # The cgiserve variants and their --workers (1, the default: one process
-# serves; more: a master and that many worker processes), and those of
-# them run with --warm-python.
-WORKERS = {"cgiserve": 1, "cgiserve-w2": 2, "cgiserve-warm": 1, "cgiserve-warm-w2": 2}
+# serves; more: a master and that many worker processes), those of them
+# run with --warm-python, and with --metrics (what counting costs, against
+# plain cgiserve; not in the default set).
+WORKERS = {"cgiserve": 1, "cgiserve-w2": 2, "cgiserve-warm": 1, "cgiserve-warm-w2": 2, "cgiserve-metrics": 1}
 WARM = {"cgiserve-warm", "cgiserve-warm-w2"}
+METRICS = {"cgiserve-metrics"}
 
 
 def access_log_path(workdir, name):
@@ -66,6 +68,8 @@ def _cgiserve(name, root, port, workdir):
         argv += ["--warm-python", docroot.PYTHON,
                  "--access-log", access_log_path(workdir, name),
                  "--access-log-format", "json"]
+    if name in METRICS:
+        argv += ["--metrics", f"tcp:{free_port()}:interface={HOST}"]
     return argv, {"PYTHONPATH": path}
 
 

@@ -28,7 +28,10 @@ def _append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
 
 
-@dataclass(frozen=True)
+# Not frozen: nothing changes an entry once made, and a frozen dataclass's
+# __init__ (one object.__setattr__ per field) would cost a static request
+# some 5% of its time with --metrics or --access-log.
+@dataclass(slots=True)
 class Entry:
     """
     What the access log says about one request, as plain values.
@@ -53,14 +56,20 @@ class Entry:
     referer: bytes | None
     user_agent: bytes | None
     completed: bool = True
+    # Seconds from the start until the response head was written (HTTP/1.1), if it was.
+    first_byte_seconds: float | None = None
     script: str | None = None
     exit_code: int | None = None
     signal: int | None = None
     script_seconds: float | None = None
     stopped: str | None = None
+    # For a script that never ran: why (cgiserve.record: busy, could not start, client gone).
+    not_started: str | None = None
     # With --warm-python: whether the script started warm, and if not, why.
     warm: bool | None = None
     exec_reason: str | None = None
+    # With --limit-*: the limit that stopped the script (cpu, memory, processes, file-size, files), when it can be told.
+    limit: str | None = None
 
 
 def _escape(value: bytes) -> str:
@@ -124,6 +133,7 @@ def json_line(entry: Entry) -> str:
         "stopped": entry.stopped,
         "warm": entry.warm,
         "exec_reason": entry.exec_reason,
+        "limit": entry.limit,
     }
     return json.dumps(record, separators=(",", ":"))
 
@@ -131,8 +141,11 @@ def json_line(entry: Entry) -> str:
 _FORMATTERS = {COMBINED: combined_line, JSON: json_line}
 
 
-def request_entry(request, started: float, now: float, completed: bool) -> Entry:
-    """The entry for a Twisted request that has finished (or lost its client) at C{now}."""
+def request_entry(request, started: float, now: float, completed: bool, **script) -> Entry:
+    """
+    The entry for a Twisted request that has finished (or lost its client)
+    at C{now}; C{script} holds its script fields (L{script_fields}), if any.
+    """
     bytes_in = request.body_received
     status = request.code if completed or request.startedWriting else CLIENT_CLOSED
     return Entry(
@@ -151,16 +164,17 @@ def request_entry(request, started: float, now: float, completed: bool) -> Entry
         referer=request.getHeader(b"referer"),
         user_agent=request.getHeader(b"user-agent"),
         completed=completed,
+        first_byte_seconds=None if request.head_written_at is None else max(request.head_written_at - started, 0.0),
+        **script,
     )
 
 
-def with_script(entry: Entry, run, status) -> Entry:
+def script_fields(run, status) -> dict:
     """
-    The entry completed with how its script run (a L{ScriptProtocol})
-    ended; C{status} is the C{ProcessDone} or C{ProcessTerminated} it ended with.
+    How a script run (a L{ScriptProtocol}) ended, as an entry's script
+    fields; C{status} is the C{ProcessDone} or C{ProcessTerminated} it ended with.
     """
-    return dataclasses.replace(
-        entry,
+    return dict(
         script=run.script,
         exit_code=getattr(status, "exitCode", None),
         signal=getattr(status, "signal", None),
@@ -168,40 +182,38 @@ def with_script(entry: Entry, run, status) -> Entry:
         stopped=run.stopped_because,
         warm=run.warm,
         exec_reason=run.exec_reason,
+        limit=run.limit_hit,
     )
+
+
+def with_script(entry: Entry, run, status) -> Entry:
+    """The entry completed with how its script run ended (L{script_fields})."""
+    return dataclasses.replace(entry, **script_fields(run, status))
 
 
 class AccessLog(service.Service):
     """
-    Writes one line per request to a file (C{-}: standard output).
+    Writes one line per request to a file (C{-}: standard output): a
+    sink of the L{cgiserve.record.Recorder}, which hands it each request's
+    entry once its script has ended and closes it once the last entry is in.
 
-    L{watch} starts timing a request; the line is written when the
-    response has finished or the client has gone, and when the request ran
-    a script, not before that script has ended, so that the line can say
-    how it ended. The file is opened before twistd gives up root (so it
-    may live where only root can write), reopened when log rotation has
-    moved or removed it, and closed only after the reactor has shut down,
-    once the last requests cut short by the shutdown are logged.
+    The file is opened before twistd gives up root (so it may live where
+    only root can write) and reopened when log rotation has moved or
+    removed it.
     """
 
     _log = Logger()
 
-    def __init__(self, path: str, log_format: str = COMBINED, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, path: str, log_format: str = COMBINED) -> None:
         self.path = path
         self.format = _FORMATTERS[log_format]
-        self.reactor = reactor
         self.fd = None
         self._identity = None
         self._troubled = False
-        self._waiting = 0
-        self._closing = False
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         self._open()
-        self.reactor.addSystemEventTrigger("after", "shutdown", self.close)
 
     def _open(self) -> None:
         if self.path == STDOUT:
@@ -213,9 +225,8 @@ class AccessLog(service.Service):
         self._identity = (stat.st_dev, stat.st_ino)
 
     def close(self) -> None:
-        """Close the file once no line waits for its script; lines after that are dropped."""
-        self._closing = True
-        if self.fd is not None and not self._waiting:
+        """Close the file; lines after that are dropped."""
+        if self.fd is not None:
             fd, self.fd = self.fd, None
             if fd != 1:
                 os.close(fd)
@@ -238,7 +249,7 @@ class AccessLog(service.Service):
         stat = os.fstat(replacement)
         self._identity = (stat.st_dev, stat.st_ino)
 
-    def write(self, entry: Entry) -> None:
+    def record(self, entry: Entry) -> None:
         """
         Write one entry as a line, with one write(2): appended so, lines
         from other processes (--workers) never interleave with it. A full
@@ -262,38 +273,3 @@ class AccessLog(service.Service):
         if not self._troubled:
             self._log.error("Cannot {what} the access log {path}: {error}", what=what, path=self.path, error=str(error))
             self._troubled = True
-
-    # -- requests
-
-    def watch(self, request) -> None:
-        """Start timing a request and log it even if its client goes away; calling it again does nothing."""
-        if request.access_started is not None:
-            return
-        request.access_started = self.reactor.seconds()
-        request.notifyFinish().addErrback(lambda _: self.request_ended(request, completed=False))
-
-    def request_ended(self, request, completed: bool = True) -> None:
-        """Log a request whose response has finished (or whose client has gone), once its script has ended."""
-        if request.access_logged:
-            return
-        request.access_logged = True
-        now = self.reactor.seconds()
-        started = request.access_started or now
-        entry = request_entry(request, started, now, completed)
-        run = request.script_run
-        if run is None or run.pgid is None:
-            # No script, or one that never started (the queue was full).
-            self.write(entry)
-            return
-
-        def ended(status):
-            self._waiting -= 1
-            self.write(with_script(entry, run, status))
-            if self._closing:
-                # The reactor can finish shutting down from within this
-                # script's end, before this line: close after it.
-                self.close()
-            return status
-
-        self._waiting += 1
-        run.done.addBoth(ended)

@@ -9,8 +9,10 @@ line. The master never serves a request and never runs a script.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
+import json
 import os
 import signal
 import sys
@@ -96,6 +98,9 @@ class Worker(protocol.ProcessProtocol):
         self.ended = defer.Deferred()
         self.ready_call = None
         self._pipes = {fd: relay.Lines() for fd in (relay.STDOUT_FD, relay.STDERR_FD, relay.EVENTS_FD)}
+        self._pipes[relay.SNAPSHOT_FD] = relay.Lines(relay.MAX_SNAPSHOT_LINE)
+        # The snapshots asked for and not yet answered, oldest first.
+        self._asked: collections.deque[defer.Deferred] = collections.deque()
 
     def __str__(self) -> str:
         return f"worker {self.number} (pid {self.pid})"
@@ -117,8 +122,46 @@ class Worker(protocol.ProcessProtocol):
             if rest:
                 self._line(fd, rest)
 
+    def snapshot(self, timeout: float) -> defer.Deferred:
+        """
+        Ask the worker for a snapshot of its figures (--metrics): a
+        Deferred that fires with it, or with None if the worker does not
+        answer within C{timeout} seconds.
+        """
+        answer = defer.Deferred()
+        self._asked.append(answer)
+        late = self.arbiter.reactor.callLater(timeout, self._unanswered, answer)
+        answer.addBoth(_cancelling, late)
+        try:
+            self.transport.writeToChild(relay.MASTER_FD, b"\n")
+        except KeyError:  # that pipe has closed: the worker is ending
+            self._unanswered(answer)
+        return answer
+
+    @staticmethod
+    def _unanswered(answer: defer.Deferred) -> None:
+        # Left in the queue: the answer may still come, and is then dropped.
+        if not answer.called:
+            answer.callback(None)
+
+    def _answered(self, line: bytes) -> None:
+        if not self._asked:
+            self._log.error("Worker {worker.number} (pid {worker.pid}) sent a snapshot nobody asked for", worker=self)
+            return
+        answer = self._asked.popleft()
+        if answer.called:
+            return
+        try:
+            snapshot = json.loads(line)
+        except ValueError:
+            self._log.error("Worker {worker.number} (pid {worker.pid}) sent a snapshot that is not JSON", worker=self)
+            snapshot = None
+        answer.callback(snapshot)
+
     def _line(self, fd: int, line: bytes) -> None:
-        if fd == relay.STDOUT_FD:
+        if fd == relay.SNAPSHOT_FD:
+            self._answered(line)
+        elif fd == relay.STDOUT_FD:
             self.arbiter.write_stdout(line)
         elif fd == relay.STDERR_FD:
             self._log.error(
@@ -144,6 +187,8 @@ class Worker(protocol.ProcessProtocol):
 
     def end(self, how: str) -> None:
         """The worker has ended, as C{how} tells."""
+        while self._asked:
+            self._unanswered(self._asked.popleft())
         self.arbiter.worker_ended(self, how)
         self.ended.callback(None)
 
@@ -190,6 +235,8 @@ class Arbiter(service.Service):
         self._numbers = itertools.count(1)
         self._failures = [0] * count
         self._restarts: dict[int, object] = {}
+        # Workers that ended unasked and were replaced, for --metrics.
+        self.restarts = 0
         self._previous_hangup = None
 
     # -- the workers of a generation
@@ -200,7 +247,8 @@ class Arbiter(service.Service):
     def _spawn(self, slot: int, generation: int) -> Worker:
         worker = Worker(self, next(self._numbers), slot, generation)
         command = self.command(worker.number, slot)
-        child_fds = {relay.MASTER_FD: "w", relay.STDOUT_FD: "r", relay.STDERR_FD: "r", relay.EVENTS_FD: "r"}
+        child_fds = {fd: "r" for fd in (relay.STDOUT_FD, relay.STDERR_FD, relay.EVENTS_FD, relay.SNAPSHOT_FD)}
+        child_fds[relay.MASTER_FD] = "w"
         for index, shared in enumerate(self.sockets):
             child_fds[relay.FIRST_SOCKET_FD + index] = shared.fileno()
         self.workers.add(worker)
@@ -243,6 +291,7 @@ class Arbiter(service.Service):
             self._replace(worker, ended)
 
     def _replace(self, worker: Worker, ended: str) -> None:
+        self.restarts += 1
         slot = worker.slot
         stable = worker.serving and self.reactor.seconds() - worker.ready_at >= STABLE_SECONDS
         self._failures[slot] = 0 if stable else self._failures[slot] + 1
@@ -302,9 +351,7 @@ class Arbiter(service.Service):
 
     def write_stdout(self, line: bytes) -> None:
         """A worker's standard output line, written whole to the master's."""
-        view = memoryview(line)
-        while view:
-            view = view[os.write(1, view) :]
+        relay.write_line(1, line)
 
     def startService(self) -> None:
         super().startService()
@@ -359,5 +406,21 @@ def master_service(options) -> service.MultiService:
         worker_command, sys.executable, options.argv, count, options["max-scripts"], options["max-queue"]
     )
     stop_seconds = drain_seconds(options["shutdown-grace"], options["kill-grace"]) + STOP_MARGIN_SECONDS
-    Arbiter(count, sockets, command, stop_seconds).setServiceParent(top)
+    arbiter = Arbiter(count, sockets, command, stop_seconds)
+    arbiter.setServiceParent(top)
+    if options["metrics"]:
+        # The master's only twisted.web: the listener asks the workers for their figures.
+        from cgiserve.listen import ListeningService
+        from cgiserve.metrics import WorkerFigures
+        from cgiserve.monitor import MonitorSite
+
+        endpoint = server_endpoint(reactor, options["metrics"], "--metrics")
+        ListeningService(options["metrics"], endpoint, MonitorSite(WorkerFigures(arbiter))).setServiceParent(top)
     return top
+
+
+def _cancelling(result, call):
+    """Pass C{result} on, cancelling the delayed C{call} if it is still to come."""
+    if call.active():
+        call.cancel()
+    return result

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from cgiserve import __version__
 from cgiserve.environ import EnvironSettings
+from cgiserve.limits import Limits
 
 SERVER_SOFTWARE = f"cgiserve/{__version__}"
 
@@ -45,7 +46,8 @@ class ServerConfig:
     program that runs such files; C{cgi_dirs}, when not empty, holds the
     real paths of the only directories whose files run as scripts;
     C{sendfile_dirs} the real paths of those whose files a script may name
-    in an X-Sendfile header.
+    in an X-Sendfile header; C{limits} the resource limits every script
+    starts under.
     """
 
     root: str
@@ -70,6 +72,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     cgi_dirs: tuple[str, ...] = ()
     sendfile_dirs: tuple[str, ...] = ()
+    limits: Limits = Limits()
 
     def may_run(self, path: str) -> bool:
         """Whether the file at this real path may run as a script (--cgi-dir, like Apache's ScriptAlias)."""

@@ -50,9 +50,9 @@ def reason(failure: Exception) -> str:
     return str(failure)
 
 
-def server_endpoint(reactor, description: str):
+def server_endpoint(reactor, description: str, option: str = "--listen"):
     """
-    The endpoint a --listen description names.
+    The endpoint a --listen (or C{option}) description names.
 
     A description Twisted cannot parse is a UsageError; one naming a file
     that cannot be read, or a systemd socket that was not passed, is
@@ -61,7 +61,7 @@ def server_endpoint(reactor, description: str):
     try:
         return endpoints.serverFromString(reactor, description)
     except (ValueError, TypeError) as e:  # an unknown endpoint type or option, a bad number
-        raise usage.UsageError(f"--listen {description}: {e}") from None
+        raise usage.UsageError(f"{option} {description}: {e}") from None
     except IndexError:
         # systemd:...:index=N, with fewer sockets passed (LISTEN_FDS), as when not started by systemd.
         raise CannotListen(description, "systemd passed no such socket") from None
@@ -69,9 +69,9 @@ def server_endpoint(reactor, description: str):
         raise CannotListen(description, reason(e)) from None
 
 
-def check_endpoint(description: str) -> None:
+def check_endpoint(description: str, option: str = "--listen") -> None:
     """Refuse, before twistd starts, a --listen description that does not parse (UsageError) or could never listen."""
-    endpoint = server_endpoint(_PARSE_ONLY, description)
+    endpoint = server_endpoint(_PARSE_ONLY, description, option)
     # haproxy: and similar wrappers keep the real endpoint inside.
     endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
     port = getattr(endpoint, "_port", 0)

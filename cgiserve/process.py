@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import signal
@@ -12,6 +13,7 @@ from twisted.internet import defer, error, protocol
 from twisted.logger import Logger
 
 from cgiserve.config import DEFAULT_KILL_GRACE_SECONDS, DEFAULT_MAX_STDERR_BYTES
+from cgiserve.limits import STDERR_TAIL_LINES, limit_hit
 from cgiserve.response import CGIResponseError, HeadParser, ScriptResponse, interpret
 
 
@@ -54,6 +56,13 @@ class ScriptProtocol(protocol.ProcessProtocol):
     # forked the script, and if not, why it was exec'd.
     warm = False
     exec_reason: str | None = None
+    # Set by the spawner (cgiserve.limits): the resource limits the script
+    # started under, if any; once it has ended, the name of the one that
+    # stopped it, when that can be told.
+    limits = None
+    limit_hit: str | None = None
+    # Set by the script resource when the run had no slot (runner.Busy).
+    refused = False
 
     def __init__(
         self,
@@ -92,9 +101,16 @@ class ScriptProtocol(protocol.ProcessProtocol):
         self._stderr = bytearray()
         self._stderr_logged = 0
         self._stderr_dropped = 0
+        # Its last lines, which may tell a limit it hit.
+        self._stderr_tail = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._timeout_call = None
         self._kill_call = None
         self.done = defer.Deferred()
+
+    @property
+    def started_at(self) -> float | None:
+        """When the script started (the clock's seconds), or None if it has not."""
+        return self._started_at
 
     # -- start
 
@@ -190,12 +206,10 @@ class ScriptProtocol(protocol.ProcessProtocol):
 
     def _log_stderr(self, line: bytes) -> None:
         self._stderr_logged += len(line) + 1
-        self._log.warn(
-            "{script} [{request_id}] stderr: {line}",
-            script=self.script,
-            request_id=self.request_id,
-            line=line.rstrip(b"\r").decode("utf-8", "replace"),
-        )
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        if self.limits:
+            self._stderr_tail.append(text)
+        self._log.warn("{script} [{request_id}] stderr: {line}", script=self.script, request_id=self.request_id, line=text)
 
     def errConnectionLost(self) -> None:
         if self._stderr:
@@ -219,8 +233,17 @@ class ScriptProtocol(protocol.ProcessProtocol):
             self._timeout_call.cancel()
         self._forget_kill()
         status = reason.value
+        failed = not isinstance(status, error.ProcessDone)
+        why = self.stopped_because
+        if failed and self.limits:
+            # Whatever it was stopped for meanwhile (a script that dies
+            # before its headers is stopped for bad output), a limit it hit
+            # is what ended it. Known before done fires: the access log reads it then.
+            hit = limit_hit(self.limits, status.signal, status.exitCode, self._stderr_tail)
+            if hit is not None:
+                self.limit_hit, why = hit.name, str(hit)
         self.done.callback(status)
-        if isinstance(status, error.ProcessDone):
+        if not failed:
             return
         if status.signal is not None:
             how = f"was killed by signal {status.signal}"
@@ -231,7 +254,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
             script=self.script,
             request_id=self.request_id,
             how=how,
-            why=f" ({self.stopped_because})" if self.stopped_because else "",
+            why=f" ({why})" if why else "",
         )
 
     # -- stopping

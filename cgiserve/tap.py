@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import sys
 
@@ -20,6 +21,7 @@ from cgiserve.config import (
     default_max_scripts,
 )
 from cgiserve.environ import EnvironSettings
+from cgiserve.limits import Limits, find_prlimit
 from cgiserve.listen import check_endpoint, server_endpoint
 from cgiserve.sockets import SHAREABLE, shareable
 from cgiserve.paths import BadPath, path_segments
@@ -52,24 +54,34 @@ def _positive_seconds(value: str) -> float:
 _positive_seconds.coerceDoc = "Seconds, more than 0."
 
 
-def _count(value: str) -> int:
+def _whole(value: str, least: int = 0) -> int:
     count = int(value)
-    if count < 1:
-        raise ValueError("a whole number, 1 or more")
+    if count < least:
+        raise ValueError(f"a whole number, {least} or more")
     return count
+
+
+_whole.coerceDoc = "A whole number, 0 or more."
+
+
+def _count(value: str) -> int:
+    return _whole(value, 1)
 
 
 _count.coerceDoc = "A whole number, 1 or more."
 
+# Size suffixes, powers of 1024 as in Apache's and nginx's directives.
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
 
 def _size(value: str) -> int:
-    size = int(value)
-    if size < 0:
-        raise ValueError("a number of bytes, 0 or more")
-    return size
+    number, unit = (value[:-1], _SIZE_UNITS[value[-1].lower()]) if value[-1:].lower() in _SIZE_UNITS else (value, 1)
+    if not number.isdigit():
+        raise ValueError("a number of bytes, 0 or more, with K, M or G for KiB, MiB or GiB")
+    return int(number) * unit
 
 
-_size.coerceDoc = "Bytes, 0 or more."
+_size.coerceDoc = "Bytes, 0 or more; K, M or G for KiB, MiB or GiB (200M)."
 
 
 def _workers(value: str) -> int:
@@ -117,6 +129,14 @@ def _htpasswd(path: str) -> str:
     return os.path.realpath(path)
 
 
+def _metrics_client() -> None:
+    """Refuse --metrics without the Prometheus client library."""
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        raise usage.UsageError("--metrics needs the prometheus_client package: pip install 'cgiserve[metrics]'") from None
+
+
 def _auth_prefix(prefix: str) -> list[bytes]:
     """The normalised segments of an --auth-path, without a trailing empty one."""
     try:
@@ -157,6 +177,11 @@ class Options(usage.Options):
         ["queue-timeout", None, 30.0, "Seconds a request may wait for a script slot before 503 (0: no limit).", _seconds],
         ["max-body", None, 100 * MiB, "Largest request body in bytes (0: no limit); larger gets 413.", _size],
         ["max-stderr", None, 64 * 1024, "Bytes of a script's stderr logged per request.", _size],
+        ["limit-cpu", None, 0, "Seconds of CPU time each process of a script may use (RLIMIT_CPU; 0: no limit).", _whole],
+        ["limit-memory", None, 0, "Bytes of address space each process of a script may have (RLIMIT_AS; 0: no limit).", _size],
+        ["limit-processes", None, 0, "Processes and threads the scripts' user may have (RLIMIT_NPROC; 0: no limit).", _whole],
+        ["limit-file-size", None, 0, "Largest file a script may write, in bytes (RLIMIT_FSIZE; 0: no limit).", _size],
+        ["limit-files", None, 0, "Open files each process of a script may have (RLIMIT_NOFILE; 0: no limit).", _whole],
         ["idle-timeout", None, 60.0, "Close a keep-alive connection idle for this many seconds.", _positive_seconds],
         ["header-timeout", None, 20.0, "Close a connection whose request headers take longer than this.", _positive_seconds],
         ["shutdown-grace", None, 10.0, "On shutdown, seconds running scripts get before they are stopped.", _seconds],
@@ -165,12 +190,14 @@ class Options(usage.Options):
         ["htpasswd", None, None, "Require HTTP Basic authentication with this htpasswd file (bcrypt entries)."],
         ["auth-realm", None, "cgiserve", "The realm that --htpasswd names in its 401 challenge."],
         ["warm-preload", None, None, "Modules --warm-python helpers import at start, comma-separated (empty: none)."],
+        ["metrics", None, None, "Serve Prometheus /metrics and a /status page on this Twisted endpoint, apart from the site."],
     ]
     optFlags = [
         ["no-listing", None, "Answer 403 for a directory without an index file instead of listing it."],
         ["pass-auth", None, "Pass the Authorization header to scripts as HTTP_AUTHORIZATION."],
         ["no-form-argv", None, "Do not pass a url-encoded form POST body to scripts as argv[1]."],
         ["isindex-argv", None, "Pass the words of a query without '=' to scripts as arguments (RFC 3875 4.4)."],
+        ["metrics-per-script", None, "Label the script metrics with each script's path: a series per script."],
     ]
 
     def __init__(self):
@@ -277,13 +304,43 @@ class Options(usage.Options):
                 self["warm-preload"] = tuple(name.strip() for name in self["warm-preload"].split(",") if name.strip())
         elif self["warm-preload"] is not None:
             raise usage.UsageError("--warm-preload needs --warm-python")
+        if self["metrics"] is not None:
+            _metrics_client()
+        elif self["metrics-per-script"]:
+            raise usage.UsageError("--metrics-per-script needs --metrics")
+        self.check_limits()
+
+    def check_limits(self) -> None:
+        """Find prlimit if any --limit-* is set, and refuse a limit no script could be given."""
+        self["prlimit"] = None
+        limits = self.limits()
+        if not limits:
+            return
+        self["prlimit"] = find_prlimit()
+        if self["prlimit"] is None:
+            raise usage.UsageError("--limit-* options need util-linux's prlimit, which is not installed")
+        beyond = limits.beyond(lambda which: resource.getrlimit(which)[1])
+        if beyond is not None:
+            raise usage.UsageError(beyond)
+
+    def limits(self) -> Limits:
+        """The per-script resource limits these options set."""
+        return Limits(
+            cpu_seconds=self["limit-cpu"],
+            memory_bytes=self["limit-memory"],
+            processes=self["limit-processes"],
+            file_size_bytes=self["limit-file-size"],
+            files=self["limit-files"],
+        )
 
     def check_listen(self) -> None:
-        """Refuse a --listen description that could never listen, or that workers could not share."""
+        """Refuse a --listen (or --metrics) description that could never listen, or that workers could not share."""
         for description in self["listen"]:
             check_endpoint(description)
             if self["workers"] > 1 and not shareable(description):
                 raise usage.UsageError(f"--listen {description}: --workers serves only {SHAREABLE} endpoints")
+        if self["metrics"] is not None:
+            check_endpoint(self["metrics"], "--metrics")
 
     def config(self) -> ServerConfig:
         """The server configuration these options describe."""
@@ -317,6 +374,7 @@ class Options(usage.Options):
             shutdown_grace=self["shutdown-grace"],
             cgi_dirs=self["cgi-dir"],
             sendfile_dirs=tuple(self["sendfile-dir"]),
+            limits=self.limits(),
         )
 
 
@@ -335,6 +393,9 @@ def makeService(options: Options) -> service.MultiService:
 
         from cgiserve.serve import serving_service
 
-        top = serving_service(options, [server_endpoint(reactor, description) for description in options["listen"]])
+        endpoints = [server_endpoint(reactor, description) for description in options["listen"]]
+        metrics = options["metrics"]
+        metrics_endpoint = None if metrics is None else server_endpoint(reactor, metrics, "--metrics")
+        top = serving_service(options, endpoints, metrics_endpoint)
     RootWarning().setServiceParent(top)
     return top

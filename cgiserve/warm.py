@@ -18,6 +18,7 @@ from twisted.internet import abstract, defer, main, protocol, task
 from twisted.logger import Logger
 
 from cgiserve import spawn, warm_helper
+from cgiserve.limits import Limits
 from cgiserve.shebang import HEAD_BYTES, interpreter_for
 from cgiserve.spawn import ScriptProcess, encode_environ, open_pipes, posix_spawn, spawn_script
 
@@ -210,6 +211,8 @@ class Helper:
         pipes = open_pipes(stdin=False)
         pool = self.pool
         argv = [os.fsencode(pool.interpreter), os.fsencode(HELPER), b"--preload", ",".join(pool.preload).encode()]
+        # The limits are for its children, which set them before the script runs, never for itself.
+        argv += pool.limits.options()
         try:
             self.pid = posix_spawn(
                 os.fsencode(pool.interpreter),
@@ -375,15 +378,20 @@ class WarmPython(service.Service):
     fresh and warm, compared byte for byte), restarted with backoff when
     it dies, recycled after L{RECYCLE_REQUESTS} or L{RECYCLE_SECONDS},
     and restarted when the interpreter or its standard library changes on
-    disk, or on L{reload}. Every change of state is one log line.
+    disk, or on L{reload}. Every change of state is one log line. Its
+    children set C{limits} on themselves before they run the script;
+    C{spawner} runs the fresh probe (under the same limits).
     """
 
     _log = Logger()
 
-    def __init__(self, interpreter: str, env: dict[str, str], preload, reactor=None, spawner=spawn_script) -> None:
+    def __init__(
+        self, interpreter: str, env: dict[str, str], preload, reactor=None, spawner=spawn_script, limits=Limits()
+    ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.interpreter = interpreter
+        self.limits = limits
         self.env = dict(env)
         self.startup = startup_variables(self.env)
         self.preload = tuple(preload)
@@ -679,6 +687,8 @@ class WarmSpawner:
 
         def warm(process):
             script_protocol.warm = True
+            if pool.limits:
+                script_protocol.limits = pool.limits
             return process
 
         def refused(failure):
@@ -722,19 +732,28 @@ def _search(name: str, path: str, directory: str) -> str | None:
 
 
 class WarmPythons(service.MultiService):
-    """The pools of every --warm-python interpreter, their spawner, and SIGHUP to restart their helpers."""
+    """
+    The pools of every --warm-python interpreter, their spawner, and SIGHUP
+    to restart their helpers. C{spawner} execs the scripts that do not
+    start warm, and the probes; warm ones start under C{limits}, as it
+    starts them.
+    """
 
     _log = Logger()
 
-    def __init__(self, interpreters, env: dict[str, str], preload, reactor=None) -> None:
+    def __init__(
+        self, interpreters, env: dict[str, str], preload, reactor=None, spawner=spawn_script, limits=Limits()
+    ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        self.pools = {interpreter: WarmPython(interpreter, env, preload, reactor) for interpreter in interpreters}
+        self.pools = {
+            interpreter: WarmPython(interpreter, env, preload, reactor, spawner, limits) for interpreter in interpreters
+        }
         for pool in self.pools.values():
             pool.setServiceParent(self)
-        self.spawner = WarmSpawner(self.pools)
+        self.spawner = WarmSpawner(self.pools, fallback=spawner)
         self._previous_hangup = None
 
     def startService(self) -> None:

@@ -5,10 +5,12 @@ request (ahead of it: a spare waits for the next request), each becoming
 the script exactly as a fresh interpreter would.
 
 It runs under the script's own interpreter, started as
-C{INTERPRETER warm_helper.py --preload MODULES} with the environment
-scripts get, so it may use the standard library only. Its stdin is a
-SOCK_SEQPACKET socket to the server; each message is one request or one
-reply (the wire format below, shared with the server's side).
+C{INTERPRETER warm_helper.py --preload MODULES [--cpu=SOFT:HARD ...]}
+(the scripts' resource limits, as prlimit takes them) with the
+environment scripts get, so it may use the standard library only. Its
+stdin is a SOCK_SEQPACKET socket to the server; each message is one
+request or one reply (the wire format below, shared with the server's
+side).
 """
 
 import sys
@@ -123,6 +125,27 @@ class Startup:
             for name, value in vars(builtins).items()
             if name not in ("open", "copyright", "credits", "exit", "help", "license", "quit")
         }
+        # The scripts' resource limits (L{rlimits}), if any.
+        self.limits = []
+
+
+def rlimits(argv):
+    """
+    The resource limits given on the command line as prlimit's options
+    (C{--cpu=SOFT:HARD}, C{--as=...}), as (resource, soft, hard) each.
+    C{resource} is imported only when there are some, and only once the
+    helper's own directory, whose resource.py would shadow it, is off
+    sys.path.
+    """
+    given = [arg[2:].partition("=") for arg in argv if arg.startswith("--") and "=" in arg]
+    if not given:
+        return []
+    import resource
+
+    return [
+        (getattr(resource, "RLIMIT_" + name.upper()), *(int(number) for number in value.split(":")))
+        for name, _, value in given
+    ]
 
 
 def _stream_config(stream):
@@ -174,14 +197,22 @@ def become(startup, fds, cwd, script, argv0, args, env):
     """
     In a prepared spare given its request: rebuild the rest of what a
     fresh interpreter started on C{script} would have (C{fds} as its
-    stdin, stdout and stderr, and no other descriptor), up to its fresh
-    C{__main__} in C{sys.modules}. What L{run} and L{_exit} need: the
-    script's absolute path, argv0, the newest module it finds imported, the
-    builtins to restore at its end.
+    stdin, stdout and stderr, and no other descriptor; the scripts'
+    resource limits), up to its fresh C{__main__} in C{sys.modules}.
+    What L{run} and L{_exit} need: the script's absolute path, argv0,
+    the newest module it finds imported, the builtins to restore at its
+    end.
     """
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    if startup.limits:
+        # Imported by rlimits() already. Before anything of the script's:
+        # what it and all it starts may use.
+        from resource import setrlimit
+
+        for which, soft, hard in startup.limits:
+            setrlimit(which, (soft, hard))
     os.chdir(os.fsdecode(cwd))
     os.environ.clear()
     for entry in (*env, *startup.added):
@@ -800,6 +831,7 @@ def main(argv):
         helper_dir = sys.path.pop(0)
         sys.path_importer_cache.pop(helper_dir, None)
     startup = Startup()
+    startup.limits = rlimits(argv)
     if os.getsid(0) != os.getpid():
         # Out of the server's session: a terminal's Ctrl-C is the server's to handle.
         os.setsid()

@@ -29,10 +29,15 @@ _log = Logger(namespace="cgiserve.worker")
 
 @implementer(interfaces.IReadDescriptor)
 class _MasterWatch:
-    """Reads the pipe the master never writes: its end means the master is gone, and so should the worker be."""
+    """
+    Reads the pipe from the master: a newline asks for a snapshot of the
+    C{metrics} (with --metrics), answered on the snapshot pipe; its end
+    means the master is gone, and so should the worker be.
+    """
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, metrics=None) -> None:
         self.reactor = reactor
+        self.metrics = metrics
         os.set_blocking(relay.MASTER_FD, False)
 
     def fileno(self) -> int:
@@ -42,11 +47,30 @@ class _MasterWatch:
         return "master"
 
     def doRead(self):
-        # Readable only once the master's end has closed; the reactor then calls connectionLost.
-        return main.CONNECTION_DONE
+        try:
+            asked = os.read(relay.MASTER_FD, 4096)
+        except BlockingIOError:
+            return None
+        if not asked:
+            # The master's end has closed; the reactor then calls connectionLost.
+            return main.CONNECTION_DONE
+        if self.metrics is not None:
+            for _ in range(asked.count(b"\n")):
+                self._answer()
+        return None
+
+    def _answer(self) -> None:
+        """One snapshot line; "null" if it cannot be made, so that the master's next answer is still its own."""
+        try:
+            line = self.metrics.snapshot_line()
+        except Exception:  # a bug in the figures must cost the figures, not the master watch
+            _log.failure("Cannot make a snapshot of the metrics")
+            line = b"null\n"
+        relay.write_line(relay.SNAPSHOT_FD, line)
 
     def connectionLost(self, reason) -> None:
-        # Also called as the reactor shuts down, with the master still there.
+        # Also called as the reactor shuts down, with the master still there;
+        # and at once, without a doRead, when epoll tells of the hang-up alone.
         if not _master_gone():
             return
         _log.warn("The master is gone: stopping")
@@ -57,7 +81,7 @@ class _MasterWatch:
 
 
 def _master_gone() -> bool:
-    """Whether the master's end of the pipe has closed (it never writes)."""
+    """Whether the master's end of the pipe has closed."""
     try:
         return os.read(relay.MASTER_FD, 1) == b""
     except BlockingIOError:
@@ -97,7 +121,8 @@ def serve(argv: list[str]) -> None:
     top.privilegedStartService()
     top.startService()
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.addReader(_MasterWatch(reactor))
+    metrics = top.namedServices.get("metrics")
+    reactor.addReader(_MasterWatch(reactor, metrics))
     reactor.callWhenRunning(_log.info, "Worker {number} ready", number=number, **{relay.READY: True})
     reactor.run()
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionLost, ProcessDone, ProcessTerminated
+from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from cgiserve.accesslog import AccessLog, Entry, combined_line, json_line, with_script
+from cgiserve.record import Recorder
 from cgiserve.tap import Options
 from tests.conftest import write_script
 from tests.http import Connection, request, wait_for
@@ -130,6 +130,7 @@ def test_json_line_fields():
         "stopped": None,
         "warm": None,
         "exec_reason": None,
+        "limit": None,
     }
 
 
@@ -149,6 +150,9 @@ class _Run:
     stopped_because = None
     warm = False
     exec_reason = None
+    limit_hit = None
+    refused = False
+    ended = False
 
     def __init__(self):
         self.done = Deferred()
@@ -176,6 +180,15 @@ def test_with_script(status, why, expected):
     assert (finished.script, finished.script_seconds) == ("/srv/www/app.py", 2.5)
 
 
+def test_with_script_names_the_limit_hit():
+    """The limit that stopped a script reaches the JSON record's limit field; the combined line is unchanged."""
+    run = _Run()
+    run.limit_hit = "cpu"
+    finished = with_script(entry(), run, ProcessTerminated(signal=24))
+    assert json.loads(json_line(finished))["limit"] == "cpu"
+    assert combined_line(finished) == combined_line(entry())
+
+
 # -- the log and its requests
 
 
@@ -186,6 +199,7 @@ class _Request:
     script_run = None
     access_started = None
     access_logged = False
+    head_written_at = None
 
     def __init__(self, client=None):
         self.request_id = "feedface"
@@ -195,7 +209,6 @@ class _Request:
         self.startedWriting = 0
         self.body_received = 5
         self.client = client or IPv4Address("TCP", "192.0.2.7", 50000)
-        self.notifications = []
 
     def getClientAddress(self):
         return self.client
@@ -203,17 +216,14 @@ class _Request:
     def getHeader(self, name):
         return {b"user-agent": b"test/1"}.get(name)
 
-    def notifyFinish(self):
-        self.notifications.append(Deferred())
-        return self.notifications[-1]
-
     def respond(self, data: bytes) -> None:
         self.startedWriting = 1
         self.sentLength += len(data)
 
-    def lose_connection(self) -> None:
-        for notification in self.notifications:
-            notification.errback(Failure(ConnectionLost()))
+    def lose_connection(self, recorder) -> None:
+        """What cgiserve.site.Request.connectionLost does for a request the recorder watches."""
+        if self.access_started is not None:
+            recorder.request_ended(self, completed=False)
 
 
 class AccessLogTests(SynchronousTestCase):
@@ -223,9 +233,12 @@ class AccessLogTests(SynchronousTestCase):
         self.path = self.directory / "access.log"
         self.reactor = MemoryReactorClock()
         self.reactor.advance(STARTED)
-        self.log = AccessLog(str(self.path), "json", self.reactor)
+        self.log = AccessLog(str(self.path), "json")
         self.log.privilegedStartService()
         self.addCleanup(self.log.close)
+        # What feeds the log its entries.
+        self.recorder = Recorder([self.log], self.reactor)
+        self.recorder.startService()
 
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.path.read_text().splitlines()]
@@ -233,10 +246,10 @@ class AccessLogTests(SynchronousTestCase):
     def test_request_without_script(self):
         """A request that ran no script is written when it ends, timed from when it was watched."""
         request = _Request()
-        self.log.watch(request)
+        self.recorder.watch(request)
         self.reactor.advance(0.5)
         request.respond(b"hello")
-        self.log.request_ended(request)
+        self.recorder.request_ended(request)
         [line] = self.lines()
         self.assertEqual((line["status"], line["bytes_in"], line["bytes_out"], line["seconds"]), (200, 5, 5, 0.5))
         self.assertEqual((line["remote_addr"], line["request_id"], line["script"]), ("192.0.2.7", "feedface", None))
@@ -246,9 +259,9 @@ class AccessLogTests(SynchronousTestCase):
         """A request whose script still runs after the response is written once the script ends, saying how."""
         request, run = _Request(), _Run()
         request.script_run = run
-        self.log.watch(request)
+        self.recorder.watch(request)
         request.respond(b"partial")
-        self.log.request_ended(request)
+        self.recorder.request_ended(request)
         self.assertEqual(self.path.read_text(), "")
         run.end(ProcessTerminated(exitCode=7), seconds=3.25)
         [line] = self.lines()
@@ -259,7 +272,7 @@ class AccessLogTests(SynchronousTestCase):
         request, run = _Request(), _Run()
         request.script_run = run
         run.end(ProcessDone(0), seconds=0.25)
-        self.log.request_ended(request)
+        self.recorder.request_ended(request)
         [line] = self.lines()
         self.assertEqual((line["exit_code"], line["signal"], line["script_seconds"]), (0, None, 0.25))
 
@@ -269,7 +282,7 @@ class AccessLogTests(SynchronousTestCase):
         run.pgid = None
         request.script_run = run
         request.code = 503
-        self.log.request_ended(request)
+        self.recorder.request_ended(request)
         [line] = self.lines()
         self.assertEqual((line["status"], line["exit_code"]), (503, None))
 
@@ -277,8 +290,8 @@ class AccessLogTests(SynchronousTestCase):
         """A client that leaves before the response began is logged as 499, not completed, once its script ends."""
         request, run = _Request(), _Run()
         request.script_run = run
-        self.log.watch(request)
-        request.lose_connection()
+        self.recorder.watch(request)
+        request.lose_connection(self.recorder)
         run.end(ProcessTerminated(signal=15), why="client gone")
         [line] = self.lines()
         self.assertEqual((line["status"], line["completed"]), (499, False))
@@ -287,54 +300,55 @@ class AccessLogTests(SynchronousTestCase):
     def test_client_gone_during_response(self):
         """A client that leaves during the response keeps the status it was sent."""
         request = _Request()
-        self.log.watch(request)
+        self.recorder.watch(request)
         request.respond(b"some of it")
-        request.lose_connection()
+        request.lose_connection(self.recorder)
         [line] = self.lines()
         self.assertEqual((line["status"], line["completed"], line["bytes_out"]), (200, False, 10))
 
     def test_unix_client(self):
         """A client on a unix socket is logged as 'unix:'."""
         request = _Request(UNIXAddress(None))
-        self.log.request_ended(request)
+        self.recorder.request_ended(request)
         self.assertEqual(self.lines()[0]["remote_addr"], "unix:")
 
     def test_one_line_per_request(self):
         """Watching twice or ending twice still gives one line."""
         request = _Request()
-        self.log.watch(request)
-        self.log.watch(request)
-        self.log.request_ended(request)
-        self.log.request_ended(request)
-        request.lose_connection()
+        self.recorder.watch(request)
+        self.recorder.watch(request)
+        self.recorder.request_ended(request)
+        self.recorder.request_ended(request)
+        request.lose_connection(self.recorder)
         self.assertEqual(len(self.lines()), 1)
 
     def test_follows_log_rotation(self):
         """When log rotation moves the file away, the next line goes to a new file at the path."""
-        self.log.request_ended(_Request())
+        self.recorder.request_ended(_Request())
         self.path.rename(self.directory / "access.log.1")
-        self.log.request_ended(_Request())
+        self.recorder.request_ended(_Request())
         self.assertEqual(len(self.lines()), 1)
         self.assertEqual(len((self.directory / "access.log.1").read_text().splitlines()), 1)
 
     def test_closed_after_shutdown(self):
         """The file closes after the reactor has shut down, not before; later lines are dropped."""
         [(close, args, kwargs)] = self.reactor.triggers["after"]["shutdown"]
-        self.log.request_ended(_Request())
+        self.recorder.request_ended(_Request())
         close(*args, **kwargs)
         self.assertIsNone(self.log.fd)
-        self.log.request_ended(_Request())
+        self.recorder.request_ended(_Request())
         self.assertEqual(len(self.lines()), 1)
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_full_disk_costs_lines_not_requests():
     """When the log cannot be written (a full disk), requests go on and one error is logged, not one per line."""
-    log = AccessLog("/dev/full", reactor=MemoryReactorClock())
+    log = AccessLog("/dev/full")
+    recorder = Recorder([log], MemoryReactorClock())
     with capturedLogs() as events:
         log.privilegedStartService()
         for _ in range(3):
-            log.request_ended(_Request())
+            recorder.request_ended(_Request())
         log.close()
     errors = [event for event in events if event["log_level"] == LogLevel.error]
     assert len(errors) == 1
@@ -343,10 +357,10 @@ def test_full_disk_costs_lines_not_requests():
 
 def test_combined_format_file(tmp_path):
     """The combined format writes Combined Log Format lines to the file."""
-    log = AccessLog(str(tmp_path / "access.log"), reactor=MemoryReactorClock())
+    log = AccessLog(str(tmp_path / "access.log"))
     log.privilegedStartService()
     try:
-        log.request_ended(_Request())
+        Recorder([log], MemoryReactorClock()).request_ended(_Request())
     finally:
         log.close()
     line = (tmp_path / "access.log").read_text()

@@ -51,9 +51,13 @@ class FakeProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.signals: list[str] = []
+        self.written: list[tuple[int, bytes]] = []
 
     def signalProcess(self, name: str) -> None:
         self.signals.append(name)
+
+    def writeToChild(self, fd: int, data: bytes) -> None:
+        self.written.append((fd, data))
 
 
 class FakeReactor(Clock):
@@ -139,10 +143,10 @@ class ArbiterTestCase(SynchronousTestCase):
 
 class StartTests(ArbiterTestCase):
     def test_spawns_one_worker_per_place_with_the_sockets(self):
-        """Each worker gets the master's pipe on 0, pipes on 1-3 and the sockets from 4 on, in --listen order."""
+        """Each worker gets the master's pipe on 0, pipes on 1-4 and the sockets from 5 on, in --listen order."""
         self.assertEqual(len(self.reactor.spawned), 2)
         for (worker, args, child_fds), slot in zip(self.reactor.spawned, (0, 1)):
-            self.assertEqual(child_fds, {0: "w", 1: "r", 2: "r", 3: "r", 4: 7, 5: 8})
+            self.assertEqual(child_fds, {0: "w", 1: "r", 2: "r", 3: "r", 4: "r", 5: 7, 6: 8})
             self.assertEqual(args[-1], f"slot={slot}")
             self.assertEqual(worker.slot, slot)
         self.assertEqual(self.lines(), ["Worker 1 (pid 100) starting", "Worker 2 (pid 101) starting"])
@@ -195,6 +199,7 @@ class ReplaceTests(ArbiterTestCase):
             ],
         )
         self.assertEqual([(w.number, w.slot) for w in self.workers()], [(2, 1), (3, 0)])
+        self.assertEqual(self.arbiter.restarts, 1)
 
     def test_crash_loop_backs_off(self):
         """Workers that end before they serve are replaced after 0.5 s, then 1 s, then 2 s."""
@@ -296,3 +301,37 @@ class StopTests(ArbiterTestCase):
         self.assertEqual(self.signals(), [["TERM"], ["TERM", "KILL"]])
         self.end(workers[1], signal=9)
         self.successResultOf(stopped)
+
+
+class SnapshotTests(ArbiterTestCase):
+    def test_asked_on_the_masters_pipe_answered_on_the_snapshot_pipe(self):
+        """A snapshot is asked for with a newline on fd 0; the worker's lines answer the asks in their order."""
+        [worker, _] = self.workers()
+        first, second = worker.snapshot(2.0), worker.snapshot(2.0)
+        self.assertEqual(worker.transport.written, [(relay.MASTER_FD, b"\n")] * 2)
+        worker.childDataReceived(relay.SNAPSHOT_FD, b'{"n": 1}\n{"n"')
+        self.assertEqual(self.successResultOf(first), {"n": 1})
+        self.assertNoResult(second)
+        worker.childDataReceived(relay.SNAPSHOT_FD, b": 2}\n")
+        self.assertEqual(self.successResultOf(second), {"n": 2})
+        # Answered in time: no timeout is left to come.
+        self.assertEqual([call for call in self.reactor.getDelayedCalls() if call.func == worker._unanswered], [])
+
+    def test_late_answer_is_dropped(self):
+        """An ask not answered in time gets None; its late answer is not taken for the next one's."""
+        [worker, _] = self.workers()
+        late = worker.snapshot(2.0)
+        self.reactor.advance(2.0)
+        self.assertIsNone(self.successResultOf(late))
+        following = worker.snapshot(2.0)
+        worker.childDataReceived(relay.SNAPSHOT_FD, b'{"n": 1}\n')
+        self.assertNoResult(following)
+        worker.childDataReceived(relay.SNAPSHOT_FD, b'{"n": 2}\n')
+        self.assertEqual(self.successResultOf(following), {"n": 2})
+
+    def test_worker_that_ends_answers_none(self):
+        """The asks a worker had not answered when it ended get None."""
+        [worker, _] = self.workers()
+        asked = worker.snapshot(2.0)
+        self.end(worker, code=1)
+        self.assertIsNone(self.successResultOf(asked))

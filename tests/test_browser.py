@@ -8,7 +8,11 @@ import shutil
 
 import pytest
 
+from cgiserve import status
+from tests.conftest import write_script
+from tests.http import Connection, wait_for
 from tests.server import CHECKOUT
+from tests.test_e2e_metrics import METRICS_LISTEN, hold, metrics_port, running
 from tests.webdriver import ChromeDriver
 
 EXAMPLES = CHECKOUT / "examples"
@@ -83,6 +87,34 @@ def test_form_greets_by_name_escaped(browser, example_site, action):
     access = (example_site.root.parent / "access.log").read_text()
     assert f'"POST /{action} HTTP/1.1" 200' in access, access
     assert not LOGGED_ERROR.search(log), log
+
+
+def test_status_page_lists_a_running_script(browser, docroot, serve):
+    """The --metrics status page renders in Chromium, lists a running script, and refreshes itself once it has ended."""
+    flag = docroot.parent / "release"
+    write_script(docroot, "hold.cgi", hold(flag))
+    server = serve("--metrics", METRICS_LISTEN)
+    with Connection(server.port) as client:
+        client.send(b"GET /hold.cgi?token=hunter2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        port = metrics_port(server)
+        assert wait_for(lambda: running(port, "/hold.cgi"))
+        browser.navigate(f"http://127.0.0.1:{port}/status")
+        assert browser.find("h1").text == "cgiserve status"
+        [row] = browser.find_all("#running tbody tr")
+        cells = [cell.text for cell in browser.find_all("#running tbody td")]
+        assert cells[0] == "/hold.cgi" and cells[3] == "GET /hold.cgi", cells
+        assert "hunter2" not in browser.page_source
+        flag.touch()
+        assert client.read_response().status == 200
+    # The page reloads itself every few seconds: the script is gone from it.
+    browser.wait_until(
+        lambda: browser.find("h2").text == "Scripts running now: 0",
+        timeout_seconds=status.REFRESH_SECONDS * 3,
+        what="the status page without the script",
+    )
+    assert browser.find_all("#running tbody tr") == []
+    server.stop()
+    assert not LOGGED_ERROR.search(server.log()), server.log()
 
 
 def test_missing_browser_skips(monkeypatch):

@@ -304,3 +304,61 @@ def test_master_imports_no_twisted_web(tmp_cwd):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# -- sizes and per-script limits
+
+
+@pytest.mark.parametrize(
+    "value, size",
+    [("0", 0), ("1000", 1000), ("64k", 64 * 1024), ("64K", 64 * 1024), ("200M", 200 * 1024**2), ("2g", 2 * 1024**3)],
+)
+def test_sizes_take_suffixes(tmp_cwd, value, size):
+    """Every option that takes bytes takes K, M and G for powers of 1024, in either case."""
+    for name in ("max-body", "max-stderr", "limit-memory", "limit-file-size"):
+        assert parse(f"--{name}", value)[name] == size
+
+
+@pytest.mark.parametrize("value", ["", "-1", "1.5G", "10T", "M", "64KB", "0x10", " 5"])
+def test_bad_sizes_are_usage_errors(tmp_cwd, value):
+    """A size that is not a whole number with at most one of K, M and G is a usage error saying what is wanted."""
+    with pytest.raises(usage.UsageError, match="a number of bytes, 0 or more, with K, M or G"):
+        parse("--max-body", value)
+
+
+def test_limits_default_to_none(tmp_cwd):
+    """Without --limit-* options scripts start under no limits of the server's making."""
+    options = parse()
+    assert not options.config().limits
+    assert options["prlimit"] is None
+
+
+def test_limits_in_the_config(tmp_cwd):
+    """The --limit-* options make the configuration's limits, and find prlimit to start scripts under them."""
+    options = parse(
+        "--limit-cpu", "2", "--limit-memory", "256M", "--limit-processes", "40", "--limit-file-size", "1G", "--limit-files", "64"
+    )
+    limits = options.config().limits
+    assert (limits.cpu_seconds, limits.memory_bytes, limits.processes, limits.file_size_bytes, limits.files) == (
+        2, 256 * 1024**2, 40, 1024**3, 64,
+    )  # fmt: skip
+    assert os.path.basename(options["prlimit"]) == "prlimit"
+
+
+@pytest.mark.parametrize("name", ["limit-cpu", "limit-processes", "limit-files"])
+def test_bad_limit_counts_are_usage_errors(tmp_cwd, name):
+    """A count limit takes a whole number, 0 or more."""
+    for value in ("-1", "1.5", "many"):
+        with pytest.raises(usage.UsageError):
+            parse(f"--{name}", value)
+
+
+def test_limit_above_the_servers_hard_limit_refused(tmp_cwd):
+    """A limit no script could be given (above the server's own hard limit) is refused at startup, by name."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        pytest.skip("no hard limit on open files here")
+    with pytest.raises(usage.UsageError, match=re.escape(f"--limit-files {hard + 1}: above this server's own hard limit")):
+        parse("--limit-files", str(hard + 1))

@@ -10,6 +10,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from cgiserve.limits import Limits
 from cgiserve.warm import HandoverFailed, WarmSpawner, _difference, startup_variables
 
 PYTHON = "/usr/bin/python3"
@@ -19,9 +20,10 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "QUERY_STRING": "", "HOME": "/var
 class FakePool:
     """A WarmPython as the spawner sees it: its start-up variables, and the handovers asked of it."""
 
-    def __init__(self, startup=None, answer=None) -> None:
+    def __init__(self, startup=None, answer=None, limits=Limits()) -> None:
         self.startup = startup_variables(ENV) if startup is None else startup
         self.answer = answer
+        self.limits = limits
         self.handovers: list = []
 
     def hand_over(self, protocol, cwd, script, argv0, args, env, stdin):
@@ -32,6 +34,7 @@ class FakePool:
 class FakeProtocol:
     warm = False
     exec_reason = None
+    limits = None
 
     def __init__(self, script: str) -> None:
         self.script = script
@@ -176,6 +179,15 @@ class SpawnerTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(result), "process")
         self.assertTrue(protocol.warm)
         self.assertEqual(self.execs, [])
+
+    def test_handover_started_tells_the_limits(self):
+        """A script started warm under limits has them on its protocol, which can then say which one it hit."""
+        started = Deferred()
+        limits = Limits(cpu_seconds=1)
+        protocol, result = self.spawn(FakePool(answer=started, limits=limits))
+        started.callback("process")
+        self.assertEqual(self.successResultOf(result), "process")
+        self.assertIs(protocol.limits, limits)
 
     def test_handover_refused_execs(self):
         """A helper that refuses, or dies with the request unread, means exec with its reason."""
