@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import signal
+import weakref
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -125,6 +127,14 @@ class ScriptProtocolTestCase(SynchronousTestCase):
         self.protocol.outConnectionLost()
         self.protocol.errConnectionLost()
         self.protocol.processEnded(Failure(value if value is not None else ProcessDone(0)))
+
+    def assert_freed_without_collector(self) -> None:
+        """The sink, once the test lets it go, is freed at once: no cycle through the run keeps it."""
+        sink = weakref.ref(self.sink)
+        gc.disable()
+        self.addCleanup(gc.enable)
+        del self.sink
+        self.assertIsNone(sink())
 
     def texts(self) -> list[str]:
         return [formatEvent(event) for event in self.events if event.get("log_namespace", "").startswith("cgiserve")]
@@ -388,6 +398,14 @@ class ExitTests(ScriptProtocolTestCase):
         self.protocol.processEnded(Failure(status))
         self.assertIs(self.successResultOf(self.protocol.done), status)
 
+    def test_ended_run_lets_its_response_go_without_the_collector(self):
+        """A response that refers to its run (as a request does) is freed by reference counting once the run has ended."""
+        self.connect()
+        self.sink.run = self.protocol
+        self.protocol.outReceived(b"Content-Type: text/plain\n\n")
+        self.end(ProcessDone(0))
+        self.assert_freed_without_collector()
+
 
 class TimeoutTests(ScriptProtocolTestCase):
     """A script that runs too long: 504, SIGTERM to its group, SIGKILL after the grace period."""
@@ -602,3 +620,10 @@ class SpawnFailedTests(ScriptProtocolTestCase):
         self.assertEqual(self.kills, [])
         self.assertIsNone(self.successResultOf(self.protocol.done))
         self.assertEqual(len(self.warnings_about("could not be executed: Permission denied")), 1)
+
+    def test_failed_start_lets_its_response_go_without_the_collector(self):
+        """A run that never started lets its response go too."""
+        self.connect(connect=False)
+        self.sink.run = self.protocol
+        self.protocol.spawn_failed(Failure(OSError(errno.EACCES, "Permission denied")))
+        self.assert_freed_without_collector()
