@@ -90,9 +90,6 @@ class Request(server.Request):
     """
 
     _log = Logger()
-    # Scripts parse their own forms; parsing every POST body into
-    # request.args would only cost the server time and memory.
-    _parsePOSTFormSubmission = False
     request_id = ""
     local_redirects = 0
     streamed_body: StreamedBody | None = None
@@ -499,7 +496,10 @@ class Site(server.Site):
     recorder = None
 
     def __init__(self, resource, config: ServerConfig, reactor=None):
-        super().__init__(resource, timeout=config.idle_timeout, reactor=reactor)
+        # Scripts parse their own forms: Twisted's parsing of every POST
+        # body into request.args would cost time, hold a whole multipart
+        # body in memory, and answer 400 for one it cannot parse.
+        super().__init__(resource, timeout=config.idle_timeout, reactor=reactor, parsePOSTFormSubmission=False)
         self.config = config
         # Every open Connection, for a shutdown to drain.
         self.connections: set[Connection] = set()

@@ -285,6 +285,32 @@ class ResponseHeadTests(ConnectionTestCase):
         self.assertEqual(self.channel.getPeer(), IPv4Address("TCP", "127.0.0.1", 50000))
 
 
+class FormBodyTests(ConnectionTestCase):
+    """Scripts parse their own forms: the server leaves a POST body as it came."""
+
+    def post(self, content_type: bytes, body: bytes):
+        framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        self.connection.dataReceived(
+            b"POST /x?q=1 HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type
+            + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + framed
+        )
+        [request] = self.resource.requests
+        self.addCleanup(request.content.close)
+        return request
+
+    def test_url_encoded_form_is_not_parsed(self):
+        request = self.post(b"application/x-www-form-urlencoded", b"a=1&b=2")
+        self.assertEqual(request.args, {b"q": [b"1"]})
+        self.assertEqual(request.content.read(), b"a=1&b=2")
+
+    def test_multipart_form_is_not_parsed(self):
+        """Twisted would read the whole body into memory to parse it, and answer 400 for a part it cannot."""
+        body = b'--b\r\nContent-Disposition: form-data; name="f"\r\n\r\nvalue\r\n--b--\r\n'
+        request = self.post(b"multipart/form-data; boundary=b", body)
+        self.assertEqual(request.args, {b"q": [b"1"]})
+        self.assertEqual(request.content.read(), body)
+
+
 def test_http_date_is_twisteds_for_now(monkeypatch):
     """The cached Date is what Twisted formats for the current second, and follows the clock."""
     monkeypatch.setattr(time, "time", lambda: 1_700_000_000.75)
