@@ -51,6 +51,7 @@ def serving_service(options, endpoints, metrics_endpoint=None) -> service.MultiS
     site = Site(root, config)
     # Each imported only when used, like auth.
     sinks = []
+    metrics = None
     if options["access-log"]:
         from cgiserve.accesslog import AccessLog
 
@@ -59,7 +60,8 @@ def serving_service(options, endpoints, metrics_endpoint=None) -> service.MultiS
         from cgiserve.metrics import Metrics
 
         pools = warm.pools if warm is not None else None
-        sinks.append(Metrics(runner, config.root, pools, per_script=options["metrics-per-script"]))
+        metrics = Metrics(runner, config.root, pools, per_script=options["metrics-per-script"])
+        sinks.append(metrics)
     if sinks:
         from cgiserve.record import Recorder
 
@@ -72,7 +74,7 @@ def serving_service(options, endpoints, metrics_endpoint=None) -> service.MultiS
     if metrics_endpoint is not None:
         from cgiserve.monitor import MonitorSite
 
-        ListeningService(options["metrics"], metrics_endpoint, MonitorSite(sinks[-1])).setServiceParent(top)
+        ListeningService(options["metrics"], metrics_endpoint, MonitorSite(metrics)).setServiceParent(top)
     # Stopping: the ports close at once, running scripts get their grace,
     # and each connection closes once its response is out.
     Drain(site, drain_seconds(config.shutdown_grace, config.kill_grace)).setServiceParent(top)
