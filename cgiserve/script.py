@@ -203,9 +203,12 @@ class ResponseWriter:
         """
         Over a plain socket (no TLS, no HTTP/2, no PROXY wrapper), the rest
         of a big body goes from the script's pipe to the socket by splice(2).
+        An ssl: endpoint's TLS lives inside the TCP transport itself, so
+        the transport being the socket's own does not rule TLS out.
         """
         reader = getattr(self.producer.transport, "pipes", {}).get(1)
-        if self.request.channel.transport is not self._widened or not isinstance(reader, OutputReader):
+        plain = self.request.channel.transport is self._widened and not self.request.isSecure()
+        if not plain or not isinstance(reader, OutputReader):
             return
         self.splice = Splice(reader, self._widened, self.request, self, bool(self.request.chunked))
 

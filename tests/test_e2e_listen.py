@@ -23,6 +23,9 @@ from tests.conftest import sh, write_script
 from tests.http import Connection, build_request, wait_for
 from tests.ops import PYTHON, SYSTEMD_LAUNCHER, free_port, self_signed
 from tests.server import Server
+
+# A script response several 64 KiB reads long: big enough for the big-response path.
+BIG = os.urandom(5 * 1024 * 1024 + 3)
 from tests.server import CHECKOUT, assert_clean_exit, assert_log_clean, exited
 
 DUMP = f"""#!{PYTHON}
@@ -43,6 +46,10 @@ def top():
     root.mkdir()
     write_script(root, "env.py", DUMP)
     (root / "hello.txt").write_text("hello\n")
+    # A big response (spliced on a plain socket, written by Python over TLS
+    # and HTTP/2), without a Content-Length.
+    (top / "big.bin").write_bytes(BIG)
+    write_script(root, "big.sh", sh(f"printf 'Content-Type: application/octet-stream\\n\\n'\nexec cat {top}/big.bin"))
     yield top
     shutil.rmtree(top, ignore_errors=True)
 
@@ -155,6 +162,22 @@ def test_unix_socket_without_host_header(server, top):
     assert (report["env"]["SERVER_NAME"], report["env"]["SERVER_PORT"]) == ("localhost", "80")
 
 
+def test_unix_socket_carries_a_big_response_whole(server, top):
+    """Over unix:, a big script response (spliced into the socket) arrives byte for byte, chunked, and the connection serves on."""
+    path = top / "big.sock"
+    server(f"unix:{path}")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    with sock:
+        for target in ("/big.sh", "/hello.txt"):
+            sock.sendall(build_request("GET", target, [("Host", "localhost")]))
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            body = response.read()
+            assert response.status == 200
+        assert body == b"hello\n"
+
+
 def test_unix_socket_serves_static_files(server, top):
     """Over unix:, static files and directory redirects work too."""
     path = top / "static.sock"
@@ -213,6 +236,23 @@ def test_tls(tls_server):
     assert report["stdin_len"] == 1000
 
 
+@needs_tls
+def test_tls_carries_a_big_response_whole(tls_server):
+    """Over ssl: a big script response (which cannot be spliced) arrives byte for byte, and the connection serves on."""
+    connection = http.client.HTTPSConnection("127.0.0.1", tls_server.port, context=_tls_context(), timeout=15)
+    try:
+        connection.request("GET", "/big.sh")
+        response = connection.getresponse()
+        body = response.read()
+        connection.request("GET", "/hello.txt")
+        again = connection.getresponse().read()
+    finally:
+        connection.close()
+    assert response.status == 200
+    assert body == BIG
+    assert again == b"hello\n"
+
+
 def _curl_speaks_http2() -> bool:
     curl = shutil.which("curl")
     if curl is None:
@@ -250,6 +290,18 @@ def test_http2_over_tls(tls_server):
     assert version == "2"
     env = report["env"]
     assert (env["SERVER_PROTOCOL"], env["HTTPS"], env["REQUEST_SCHEME"]) == ("HTTP/2", "on", "https")
+
+
+@needs_h2_curl
+def test_http2_carries_a_big_response_whole(tls_server, top):
+    """Over HTTP/2 a big script response arrives byte for byte."""
+    out = top / "big-h2.out"
+    result = subprocess.run(
+        curl_command("--http2", "--output", str(out), f"https://127.0.0.1:{tls_server.port}/big.sh"), capture_output=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rpartition(b"\n")[2] == b"2"
+    assert out.read_bytes() == BIG
 
 
 @needs_h2_curl
