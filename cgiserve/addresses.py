@@ -23,7 +23,8 @@ _DEFAULT_PORTS = {False: 80, True: 443}
 _HOST_HEADER = re.compile(rb"(?P<name>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+)(?::(?P<port>[0-9]{1,5}))?")
 
 
-@dataclass(frozen=True)
+# Made once per script request; not frozen, for the same reason as RequestFacts.
+@dataclass(slots=True)
 class Ends:
     """The CGI variables for the two ends of a request's connection."""
 

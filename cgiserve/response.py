@@ -37,7 +37,8 @@ class CGIResponseError(ValueError):
     """The script's output is not a valid CGI response; the message says why."""
 
 
-@dataclass(frozen=True)
+# Made once per script run; not frozen, for the same reason as RequestFacts.
+@dataclass(slots=True)
 class ScriptResponse:
     """
     What the server does with a script's header block.
