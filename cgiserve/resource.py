@@ -92,14 +92,15 @@ class DocumentRoot(static.File):
     _log = Logger()
     childNotFound = pages.notFound()
 
-    def __init__(self, path: str, config: ServerConfig, runner: ScriptRunner):
-        super().__init__(path, defaultType="application/octet-stream")
+    def __init__(self, path: str, config: ServerConfig, runner: ScriptRunner, registry=None):
+        super().__init__(path, defaultType="application/octet-stream", registry=registry)
         self.config = config
         self.indexNames = list(config.index_names)
         self.runner = runner
 
     def createSimilarFile(self, path):
-        return self.__class__(path, self.config, self.runner)
+        # One Registry for the whole tree, as in Twisted's own File, not one per directory a request passes.
+        return self.__class__(path, self.config, self.runner, self.registry)
 
     def getChild(self, path, request):
         try:

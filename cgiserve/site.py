@@ -524,5 +524,8 @@ class Site(server.Site):
             )
             request.site = self
             return pages.errorPage(400, "Bad Request", "The request path is not valid.")
+        # Twisted's getResourceFor, less its copy of the empty prepath.
+        request.site = self
         request.prepath = []
-        return super().getResourceFor(request)
+        request.sitepath = []
+        return resource.getChildForRequest(self.resource, request)
