@@ -97,11 +97,18 @@ class ResponseWriter:
         self.overflowed = False
         self._widened = None
         self.splice: Splice | None = None
+        # The run and its start (a Deferred that a queued run has yet to fire), once asked for.
+        self.run: ScriptProtocol | None = None
+        self.started = None
         request.notifyFinish().addErrback(self._client_gone)
 
     def _client_gone(self, _failure) -> None:
+        """The client left before its response was complete: no reason to run on, nor to wait for a slot."""
         self.gone = True
         self._end_splice()
+        if self.started is not None:
+            self.started.cancel()
+            self.run.stop("client gone")
 
     def _active(self) -> bool:
         return not (self.gone or self.handed_back or self.request.finished)
@@ -419,7 +426,7 @@ class CGIScript(resource.Resource):
             protocol, self.interpreter or self.path, argv, env, os.path.dirname(self.path), stdin=body is not None
         )
         started.addErrback(self._not_started, request, writer)
-        request.notifyFinish().addErrback(lambda _: (started.cancel(), protocol.stop("client gone")))
+        writer.run, writer.started = protocol, started
         return server.NOT_DONE_YET
 
     def _not_started(self, failure, request, writer: ResponseWriter) -> None:
