@@ -217,8 +217,13 @@ class ScriptProcess(process.Process):
         self.watch_exit()
 
     def watch_exit(self) -> None:
-        """Have Twisted's SIGCHLD handling reap the script and call C{processEnded}."""
-        process.registerReapProcessHandler(self.pid, self)
+        """
+        Have Twisted's SIGCHLD handling reap the script and call
+        C{processEnded}. Unlike C{registerReapProcessHandler} this does not
+        try a waitpid at once: a script that has exited already has raised
+        SIGCHLD, which reaps it on the reactor's next turn.
+        """
+        process.reapProcessHandlers[self.pid] = self
 
 
 class ForkedScriptProcess(process.Process):
