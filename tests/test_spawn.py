@@ -207,3 +207,57 @@ def test_children_on_reused_descriptors_each_get_their_own_directory(tmp_path):
     first.mkdir()
     second.mkdir()
     assert [run(str(cwd))["cwd"] for cwd in (first, second, first)] == [str(first), str(second), str(first)]
+
+
+# Run in a Python of its own, with a real reactor and Twisted's SIGCHLD
+# handling: each script has exited (is a zombie) before it is registered
+# for reaping, the case registration no longer checks for itself, while a
+# longer one is still running. Every one must still be reaped and ended.
+REAPED_AFTER_EXIT = r"""
+import os, sys, time
+from twisted.internet import reactor, protocol
+from cgiserve import spawn
+
+def zombie(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+watch = spawn.ScriptProcess.watch_exit
+def watch_once_exited(self):
+    deadline = time.monotonic() + 5
+    while not zombie(self.pid):
+        assert time.monotonic() < deadline, "the script did not exit"
+        time.sleep(0.001)
+    watch(self)
+spawn.ScriptProcess.watch_exit = watch_once_exited
+
+ended = []
+class Ended(protocol.ProcessProtocol):
+    def __init__(self, name):
+        self.name = name
+    def processEnded(self, reason):
+        ended.append((self.name, reason.value.exitCode))
+        if len(ended) == 4:
+            reactor.stop()
+
+def start():
+    spawn.ScriptProcess.watch_exit = watch
+    spawn.spawn_script(reactor, Ended("slow"), "/bin/sh", [b"sh", b"-c", b"sleep 0.3; exit 3"], {}, "/", stdin=False)
+    spawn.ScriptProcess.watch_exit = watch_once_exited
+    for n in range(3):
+        spawn.spawn_script(reactor, Ended(f"quick{n}"), "/bin/sh", [b"sh", b"-c", b"exit %d" % n], {}, "/", stdin=False)
+
+reactor.callWhenRunning(start)
+reactor.callLater(10, reactor.stop)
+reactor.run()
+print(sorted(ended))
+"""
+
+
+def test_script_gone_before_it_is_registered_is_still_reaped():
+    done = subprocess.run(
+        [sys.executable, "-c", REAPED_AFTER_EXIT], capture_output=True, text=True, timeout=30,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[('quick0', 0), ('quick1', 1), ('quick2', 2), ('slow', 3)]"
