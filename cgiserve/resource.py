@@ -31,6 +31,9 @@ def method_not_allowed(request):
     return pages.errorPage(405, "Method Not Allowed", "Only GET and HEAD are allowed here.").render(request)
 
 
+# Directory resources kept for requests to pass through (DocumentRoot.directory).
+MAX_DIRECTORIES = 1024
+
 # Twisted sends every file through a pull producer, one cooperator turn
 # per 64 KiB chunk; a file that fits in one chunk goes out in one write.
 SMALL_FILE_BYTES = 64 * 1024
@@ -92,15 +95,31 @@ class DocumentRoot(static.File):
     _log = Logger()
     childNotFound = pages.notFound()
 
-    def __init__(self, path: str, config: ServerConfig, runner: ScriptRunner, registry=None):
+    def __init__(self, path: str, config: ServerConfig, runner: ScriptRunner, registry=None, directories=None):
         super().__init__(path, defaultType="application/octet-stream", registry=registry)
         self.config = config
         self.indexNames = list(config.index_names)
         self.runner = runner
+        # The tree's directory resources by path (L{directory}).
+        self.directories: dict[str, DocumentRoot] = {} if directories is None else directories
 
     def createSimilarFile(self, path):
         # One Registry for the whole tree, as in Twisted's own File, not one per directory a request passes.
-        return self.__class__(path, self.config, self.runner, self.registry)
+        return self.__class__(path, self.config, self.runner, self.registry, self.directories)
+
+    def directory(self, path: str) -> "DocumentRoot":
+        """
+        The resource for the directory at C{path}, which has just been
+        lstat'ed as one: made once rather than for every request through it.
+        It holds nothing of a request's, and restats itself before it
+        answers for itself (its index, its listing); bounded in number.
+        """
+        found = self.directories.get(path)
+        if found is None:
+            if len(self.directories) >= MAX_DIRECTORIES:
+                self.directories.clear()
+            found = self.directories[path] = self.createSimilarFile(path)
+        return found
 
     def getChild(self, path, request):
         try:
@@ -138,7 +157,7 @@ class DocumentRoot(static.File):
         if path in self.config.hidden:
             return self.childNotFound
         if stat.S_ISDIR(mode):
-            return self.createSimilarFile(path)
+            return self.directory(path)
         if not stat.S_ISREG(mode):
             return self.childNotFound
         extension = os.path.splitext(path)[1]

@@ -495,3 +495,40 @@ def test_raw_non_ascii_paths_never_500(server, target):
     """Raw non-ASCII bytes in the request target never cause a 500."""
     response = get(server, target)
     assert response.status < 500
+
+
+def test_directory_changed_between_requests_is_seen_as_it_is_now(server, root):
+    """
+    A directory a request passes through is looked at afresh each time,
+    though its resource is kept: replaced by a symlink out of the root, by
+    a file, removed, given a new index, or restored, the answer follows.
+    """
+    moving = root / "moving"
+    moving.mkdir()
+    (moving / "x.txt").write_text("inside\n")
+    write_script(moving, "run.sh", "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nran\\n'\n")
+    try:
+        assert get(server, "/moving/x.txt").body == b"inside\n"
+        assert get(server, "/moving/run.sh").body == b"ran\n"
+        assert b'href="x.txt"' in get(server, "/moving/").body
+        (moving / "index.html").write_text("<p>new index</p>")
+        assert get(server, "/moving/").body == b"<p>new index</p>"
+        shutil.rmtree(moving)
+        moving.symlink_to(root.parent)
+        for target in ("/moving/secret.txt", "/moving/", "/moving/root/hello.txt"):
+            response = get(server, target)
+            assert response.status == 404, target
+            assert SECRET not in response.body
+        moving.unlink()
+        moving.write_text("now a file\n")
+        assert get(server, "/moving/x.txt").status == 404
+        assert get(server, "/moving").body == b"now a file\n"
+        moving.unlink()
+        assert get(server, "/moving/x.txt").status == 404
+        moving.mkdir()
+        (moving / "x.txt").write_text("back\n")
+        assert get(server, "/moving/x.txt").body == b"back\n"
+    finally:
+        if moving.is_symlink() or moving.is_file():
+            moving.unlink()
+        shutil.rmtree(moving, ignore_errors=True)
