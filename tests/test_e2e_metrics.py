@@ -303,3 +303,37 @@ def test_shutdown_with_a_scraper_connected(serve, site, docroot):
         assert time.monotonic() - started < 10
         with pytest.raises((OSError, socket.timeout, ConnectionError)):
             scraper.request("GET", "/metrics")
+
+
+def test_client_gone_while_queued_gives_up_its_place(serve, site, docroot):
+    """
+    A client that leaves while its request waits for a script slot frees
+    its place in the queue at once, and its script never runs; the next
+    request takes the place and is answered once the slot is free.
+    """
+    marks = docroot.parent / "marks"
+    marks.mkdir()
+    write_script(docroot, "mark.cgi", sh(f'touch "{marks}/$QUERY_STRING"\nprintf "Content-Type: text/plain\\r\\n\\r\\nmarked\\n"'))
+    server = serve("--metrics", METRICS_LISTEN, "--max-scripts", "1", "--max-queue", "1", "--queue-timeout", "30")
+    port = metrics_port(server)
+
+    def queued(count: int) -> bool:
+        return wait_for(lambda: total(scrape(port), "cgiserve_requests_queued") == count)
+
+    with Connection(server.port) as first:
+        first.send(b"GET /hold.cgi HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert wait_for(lambda: running(port, "/hold.cgi"))
+        with Connection(server.port) as leaving:
+            leaving.send(b"GET /mark.cgi?left HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert queued(1)
+        assert queued(0), "the place of the client that left was not given up"
+        assert wait_for(lambda: "left the queue (client gone or server stopping)" in server.log())
+        with Connection(server.port) as staying:
+            staying.send(b"GET /mark.cgi?stayed HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert queued(1)
+            site.touch()
+            assert first.read_response().body == b"held\n"
+            response = staying.read_response()
+    assert (response.status, response.body) == (200, b"marked\n")
+    assert sorted(path.name for path in marks.iterdir()) == ["stayed"], "the script of the client that left ran"
+    assert_log_clean(server)
