@@ -17,6 +17,7 @@ from cgiserve.addresses import client_end
 from cgiserve.config import ACCESS_LOG_COMBINED as COMBINED
 from cgiserve.config import ACCESS_LOG_JSON as JSON
 from cgiserve.config import ACCESS_LOG_STDOUT as STDOUT
+from cgiserve.relay import write_line
 
 # nginx's status for a request whose client left before the response
 # began; log analysers know it.
@@ -259,10 +260,8 @@ class AccessLog(service.Service):
             return
         if self.path != STDOUT:
             self._reopen_if_moved()
-        line = memoryview((self.format(entry) + "\n").encode("utf-8"))
         try:
-            while line:
-                line = line[os.write(self.fd, line) :]
+            write_line(self.fd, (self.format(entry) + "\n").encode("utf-8"))
         except OSError as e:
             self._trouble("write to", e)
             return

@@ -76,7 +76,7 @@ def worker_event(record: bytes, worker: int) -> dict | None:
 
 
 def write_line(fd: int, line: bytes) -> None:
-    """Write a whole line to a pipe, however many writes it takes."""
+    """Write a whole line to a pipe or file, however many writes it takes."""
     view = memoryview(line)
     while view:
         view = view[os.write(fd, view) :]
