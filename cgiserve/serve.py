@@ -33,8 +33,9 @@ def serving_service(options, endpoints, metrics_endpoint=None) -> service.MultiS
     if options["warm-python"]:
         from cgiserve.warm import WarmPythons
 
-        environ = base_environ(config.environ)
-        warm = WarmPythons(options["warm-python"], environ, options["warm-preload"], spawner=spawner, limits=config.limits)
+        warm = WarmPythons(
+            options["warm-python"], base_environ(config.environ), options["warm-preload"], spawner=spawner, limits=config.limits
+        )
         warm.setServiceParent(top)
         spawner = warm.spawner
     runner = ScriptRunner(
