@@ -61,7 +61,7 @@ class ScriptProtocol(protocol.ProcessProtocol):
     # stopped it, when that can be told.
     limits = None
     limit_hit: str | None = None
-    # Set by the script resource when the run had no slot (runner.Busy).
+    # Whether the run had no slot (runner.Busy; L{refuse}).
     refused = False
 
     def __init__(
@@ -298,6 +298,11 @@ class ScriptProtocol(protocol.ProcessProtocol):
         if not self.failed:
             self.fail(502, f"could not be executed: {failure.value.strerror}")
         self.done.callback(None)
+        self._release()
+
+    def refuse(self) -> None:
+        """The run got no slot and never starts: it is over before it began."""
+        self.refused = True
         self._release()
 
     def _release(self) -> None:

@@ -431,7 +431,7 @@ class CGIScript(resource.Resource):
 
     def _not_started(self, failure, request, writer: ResponseWriter) -> None:
         failure.trap(Busy)
-        request.script_run.refused = True
+        request.script_run.refuse()
         reason = f"not run: {failure.value}"
         self._log.warn("{script} [{request_id}]: {reason}", script=self.path, request_id=request.request_id, reason=reason)
         writer.script_failed(503, reason)

@@ -406,6 +406,14 @@ class ExitTests(ScriptProtocolTestCase):
         self.end(ProcessDone(0))
         self.assert_freed_without_collector()
 
+    def test_refused_run_lets_its_response_go_without_the_collector(self):
+        """A run that got no slot is over too: its response, answered 503 meanwhile, is freed by reference counting."""
+        self.connect(connect=False)
+        self.sink.run = self.protocol
+        self.protocol.refuse()
+        self.assertTrue(self.protocol.refused)
+        self.assert_freed_without_collector()
+
 
 class TimeoutTests(ScriptProtocolTestCase):
     """A script that runs too long: 504, SIGTERM to its group, SIGKILL after the grace period."""
