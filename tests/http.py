@@ -234,11 +234,17 @@ def connect(port: int, timeout: float = _TIMEOUT_SECONDS, rcvbuf: int | None = N
 
 
 def refuses(port: int) -> bool:
-    """Whether a connection to 127.0.0.1:C{port} is refused."""
+    """Whether a connection to 127.0.0.1:C{port} is refused.
+
+    A reset during the handshake (the listener closed while the connection
+    sat in its backlog) is not yet a refusal: callers poll until it is.
+    """
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        return False
     return False
 
 
