@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 
@@ -11,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cgiserve.config import default_max_scripts
+from tests import procfs
 from tests.conftest import sh, write_script
 from tests.http import Connection, request, wait_for
 from tests.server import Server, assert_log_clean
@@ -94,6 +97,13 @@ def status_json(port: int, target: str = "/status?format=json") -> dict:
 
 def running(port: int, script: str) -> list[dict]:
     return [row for row in status_json(port)["running"] if row["script"] == script]
+
+
+def hold_connection(port: int) -> Connection:
+    """A connection whose request for /hold.cgi has been sent."""
+    connection = Connection(port)
+    connection.send(b"GET /hold.cgi HTTP/1.1\r\nHost: x\r\n\r\n")
+    return connection
 
 
 def test_counters_move_by_what_happened(serve, site, docroot):
@@ -256,17 +266,27 @@ def test_workers_give_the_server_wide_truth(site, docroot):
         assert total(before, "cgiserve_workers") == 2
         for _ in range(10):
             assert request(server.port, "GET", "/ok.cgi").status == 200
-        # Connections one after another until both workers hold a script.
+        # Which worker accepts a connection is the kernel's choice, and it
+        # favours one: so the worker holding the first script is stopped
+        # while the second connection is made, which only the other can take.
         held = []
         try:
-            for _ in range(12):
-                connection = Connection(server.port)
-                held.append(connection)
-                connection.send(b"GET /hold.cgi HTTP/1.1\r\nHost: x\r\n\r\n")
-                count = len(held)
-                assert wait_for(lambda: len(running(port, "/hold.cgi")) == count)
-                if len({row["worker"] for row in running(port, "/hold.cgi")}) == 2:
-                    break
+            held.append(hold_connection(server.port))
+            assert wait_for(lambda: len(running(port, "/hold.cgi")) == 1)
+            pids = {worker["worker"]: worker["pid"] for worker in status_json(port)["workers"]}
+            first = pids.pop(running(port, "/hold.cgi")[0]["worker"])
+            (other,) = pids.values()
+
+            def other_holds() -> bool:
+                return any(b"hold.cgi" in procfs.cmdline(child.pid) for child in procfs.children(other))
+
+            os.kill(first, signal.SIGSTOP)
+            try:
+                held.append(hold_connection(server.port))
+                assert wait_for(other_holds), "the other worker did not take the connection"
+            finally:
+                os.kill(first, signal.SIGCONT)
+            assert wait_for(lambda: len(running(port, "/hold.cgi")) == 2)
             rows = running(port, "/hold.cgi")
             assert len({row["worker"] for row in rows}) == 2, rows
             data = status_json(port)
