@@ -340,8 +340,7 @@ def test_client_gone_while_queued_gives_up_its_place(serve, site, docroot):
     def queued(count: int) -> bool:
         return wait_for(lambda: total(scrape(port), "cgiserve_requests_queued") == count)
 
-    with Connection(server.port) as first:
-        first.send(b"GET /hold.cgi HTTP/1.1\r\nHost: x\r\n\r\n")
+    with hold_connection(server.port) as first:
         assert wait_for(lambda: running(port, "/hold.cgi"))
         with Connection(server.port) as leaving:
             leaving.send(b"GET /mark.cgi?left HTTP/1.1\r\nHost: x\r\n\r\n")
