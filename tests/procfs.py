@@ -49,6 +49,11 @@ def children(pid: int) -> list[Stat]:
     return [info for info in all_stats() if info.ppid == pid]
 
 
+def children_running(pid: int, part: bytes) -> set[int]:
+    """The pids of C{pid}'s living children whose command line holds C{part}."""
+    return {child.pid for child in children(pid) if child.state not in "ZX" and part in cmdline(child.pid)}
+
+
 def cmdline(pid: int) -> bytes:
     """The process's command line, its arguments NUL-separated; empty once it is gone."""
     try:

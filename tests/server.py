@@ -118,11 +118,7 @@ class Server:
 
     def worker_pids(self) -> set[int]:
         """The pids of the master's workers now: its children that run cgiserve.worker."""
-        return {
-            child.pid
-            for child in procfs.children(self.process.pid)
-            if child.state not in "ZX" and b"cgiserve.worker" in procfs.cmdline(child.pid)
-        }
+        return procfs.children_running(self.process.pid, b"cgiserve.worker")
 
     def log(self) -> str:
         try:

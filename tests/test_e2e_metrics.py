@@ -276,14 +276,10 @@ def test_workers_give_the_server_wide_truth(site, docroot):
             pids = {worker["worker"]: worker["pid"] for worker in status_json(port)["workers"]}
             first = pids.pop(running(port, "/hold.cgi")[0]["worker"])
             (other,) = pids.values()
-
-            def other_holds() -> bool:
-                return any(b"hold.cgi" in procfs.cmdline(child.pid) for child in procfs.children(other))
-
             os.kill(first, signal.SIGSTOP)
             try:
                 held.append(hold_connection(server.port))
-                assert wait_for(other_holds), "the other worker did not take the connection"
+                assert wait_for(lambda: procfs.children_running(other, b"hold.cgi")), "the other worker did not take it"
             finally:
                 os.kill(first, signal.SIGCONT)
             assert wait_for(lambda: len(running(port, "/hold.cgi")) == 2)

@@ -518,10 +518,7 @@ def test_each_worker_has_its_own_warm_helper(workers, top):
     access = top / f"access-warm-{time.monotonic_ns()}.json"
     server = workers("--warm-python", python, "--access-log", str(access), "--access-log-format", "json")
     assert wait_for(lambda: server.log().count("self-test passed") == 2, timeout=30), server.log()
-    helpers = {
-        worker: {child.pid for child in procfs.children(worker) if b"warm_helper" in procfs.cmdline(child.pid)}
-        for worker in server.worker_pids()
-    }
+    helpers = {worker: procfs.children_running(worker, b"warm_helper") for worker in server.worker_pids()}
     assert all(len(pids) == 1 for pids in helpers.values()), helpers
     every_helper = set().union(*helpers.values())
     seen = set()
